@@ -1,0 +1,13 @@
+"""batch_embedder: the shared library behind every Lambda of the batch-embedder workflow.
+
+Layout (handlers -> logic -> data access):
+
+- ``models``: the pydantic contracts that travel between Step Functions states.
+- ``steps``: one module of logic per workflow state.
+- ``aws``: small named modules around S3, DynamoDB and Secrets Manager.
+- ``db``: the Postgres/pgvector schema, the bulk writer and the search query.
+- ``documents`` / ``chunking`` / ``tokenizer``: text extraction and token-exact chunking.
+- ``batch_files`` / ``openai_client`` / ``pricing``: the OpenAI Batch contract and its prices.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,77 @@
+"""Errors the workflow raises on purpose.
+
+Each class name is the ``Error`` a Step Functions ``Catch`` matches on (Lambda reports the
+exception class name as ``errorType``), so renaming one is a change to
+``statemachine/embed_document.asl.json`` too.
+"""
+
+from __future__ import annotations
+
+
+class BatchEmbedderError(Exception):
+    """Base class of every error raised on purpose by the library."""
+
+
+class InvalidDocumentError(BatchEmbedderError):
+    """The uploaded object cannot be embedded (empty, binary, bad UTF-8, too big, ...).
+
+    Attributes:
+        key: the S3 object key (decoded) of the document.
+        reason: a sentence for a person, saying what is wrong.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{key}: {reason}")
+
+
+class BudgetExceededError(BatchEmbedderError):
+    """Reserving the job's estimated tokens would pass today's (UTC) token limit.
+
+    Attributes:
+        requested_tokens: tokens the job asked to reserve.
+        remaining_tokens: tokens still free under the limit when it asked.
+        limit_tokens: the daily limit (``DAILY_TOKEN_LIMIT``).
+        day: the UTC day, ``YYYY-MM-DD``.
+    """
+
+    def __init__(
+        self, *, key: str, requested_tokens: int, remaining_tokens: int, limit_tokens: int, day: str
+    ) -> None:
+        self.key = key
+        self.requested_tokens = requested_tokens
+        self.remaining_tokens = remaining_tokens
+        self.limit_tokens = limit_tokens
+        self.day = day
+        super().__init__(
+            f"{key}: needs {requested_tokens} tokens but only {remaining_tokens} of the "
+            f"{limit_tokens}-token daily limit remain for {day} (UTC)"
+        )
+
+
+class BatchNotFinishedError(BatchEmbedderError):
+    """A batch ended in ``failed``, ``expired`` or ``cancelled`` instead of ``completed``."""
+
+
+class EmbeddingsIncompleteError(BatchEmbedderError):
+    """The batch output does not hold a vector for every chunk.
+
+    Attributes:
+        expected: chunks in the manifest.
+        received: chunks that came back with a vector.
+        failed_requests: requests that came back in the error file.
+    """
+
+    def __init__(self, *, key: str, expected: int, received: int, failed_requests: int) -> None:
+        self.expected = expected
+        self.received = received
+        self.failed_requests = failed_requests
+        super().__init__(
+            f"{key}: {received} of {expected} chunks came back with a vector "
+            f"({failed_requests} request(s) in the error file); nothing was written"
+        )
+
+
+class ConfigurationError(BatchEmbedderError):
+    """A setting or secret is missing or invalid (the message names it)."""

@@ -1,0 +1,131 @@
+"""One settings model for every Lambda and for the local stack, read from the environment.
+
+Every field maps to the upper-case environment variable of the same name (``chunk_tokens``
+is ``CHUNK_TOKENS``). ``template.yaml`` sets them from its parameters; the local stack sets
+them from the same template with local overrides.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Hard per-input cap of the embeddings endpoint is 8,192 tokens; 8,191 is the safe figure
+#: (OpenAI embeddings guide; see ../shared/reference/openai-batch-api.md).
+MAX_TOKENS_PER_INPUT = 8191
+
+#: Native output dimensions per model (OpenAI model pages).
+NATIVE_DIMENSIONS: dict[str, int] = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
+
+
+class Settings(BaseSettings):
+    """Runtime configuration (environment variables, case-insensitive).
+
+    Raises:
+        pydantic.ValidationError: a value is out of range (the message names the variable).
+    """
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    # Embedding
+    embedding_model: str = "text-embedding-3-small"
+    #: Output dimensions; 0 means the model's native size. Only text-embedding-3-* accept it.
+    embedding_dimensions: int = Field(default=0, ge=0, le=3072)
+
+    # Chunking (tokens of cl100k_base)
+    chunk_tokens: int = Field(default=512, ge=16, le=MAX_TOKENS_PER_INPUT)
+    chunk_overlap_tokens: int = Field(default=64, ge=0)
+    #: Largest object accepted, in bytes.
+    max_document_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    #: Fields read from each record of .json / .jsonl documents, comma-separated.
+    json_text_fields: str = "text,content,body"
+    #: Columns read from .csv documents, comma-separated.
+    csv_text_columns: str = "text,content,body"
+
+    # Budget (tokens per UTC day, all jobs of this deployment together)
+    daily_token_limit: int = Field(default=50_000_000, ge=0)
+
+    # Polling the batch (seconds). The wait doubles from initial to max.
+    poll_initial_wait_seconds: int = Field(default=30, ge=0)
+    poll_max_wait_seconds: int = Field(default=600, ge=0)
+
+    # Where things live
+    work_bucket: str = ""
+    jobs_table: str = ""
+    usage_table: str = ""
+
+    # OpenAI: a key straight from the environment (local runs) or a Secrets Manager secret.
+    openai_api_key: SecretStr | None = None
+    openai_api_key_secret_id: str = ""
+    #: Empty means OpenAI itself; the local stack points it at its emulator.
+    openai_base_url: str = ""
+    openai_max_retries: int = Field(default=4, ge=0)
+    openai_timeout_seconds: float = Field(default=120.0, gt=0)
+
+    # Postgres: a URL straight from the environment or a Secrets Manager secret.
+    database_url: SecretStr | None = None
+    database_url_secret_id: str = ""
+
+    #: Seconds a fetched secret is cached by Powertools Parameters.
+    secret_max_age_seconds: int = Field(default=300, ge=0)
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _strip_base_url(cls, value: str) -> str:
+        return value.strip().rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_chunking(self) -> Settings:
+        if self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ValueError(
+                f"CHUNK_OVERLAP_TOKENS ({self.chunk_overlap_tokens}) must be smaller than "
+                f"CHUNK_TOKENS ({self.chunk_tokens})"
+            )
+        native = NATIVE_DIMENSIONS.get(self.embedding_model)
+        if self.embedding_dimensions and native and self.embedding_dimensions > native:
+            raise ValueError(
+                f"EMBEDDING_DIMENSIONS ({self.embedding_dimensions}) is larger than "
+                f"{self.embedding_model}'s native {native}"
+            )
+        return self
+
+    @property
+    def dimensions(self) -> int:
+        """Dimensions of the stored vectors: the configured value or the model's native size.
+
+        Raises:
+            ValueError: the model is unknown and no ``EMBEDDING_DIMENSIONS`` was given.
+        """
+        if self.embedding_dimensions:
+            return self.embedding_dimensions
+        try:
+            return NATIVE_DIMENSIONS[self.embedding_model]
+        except KeyError:
+            raise ValueError(
+                f"unknown model {self.embedding_model!r}: set EMBEDDING_DIMENSIONS"
+            ) from None
+
+    @property
+    def request_dimensions(self) -> int | None:
+        """The ``dimensions`` request parameter: only sent when it differs from native."""
+        native = NATIVE_DIMENSIONS.get(self.embedding_model)
+        if self.embedding_dimensions and self.embedding_dimensions != native:
+            return self.embedding_dimensions
+        return None
+
+    def json_fields(self) -> list[str]:
+        """``JSON_TEXT_FIELDS`` as a list."""
+        return [f.strip() for f in self.json_text_fields.split(",") if f.strip()]
+
+    def csv_columns(self) -> list[str]:
+        """``CSV_TEXT_COLUMNS`` as a list."""
+        return [c.strip() for c in self.csv_text_columns.split(",") if c.strip()]
+
+
+def get_settings() -> Settings:
+    """Settings read afresh from the environment (cheap; clients are cached elsewhere)."""
+    return Settings()
