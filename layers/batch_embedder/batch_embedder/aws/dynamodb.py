@@ -1,0 +1,28 @@
+"""The DynamoDB resource's client: takes and returns plain Python values (ints come back as
+``Decimal``), which keeps transactions readable."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import boto3
+
+from .clients import _CONFIG
+
+
+@functools.cache
+def ddb() -> Any:
+    """The low-level DynamoDB client of a boto3 resource (native Python types in and out)."""
+    return boto3.resource("dynamodb", config=_CONFIG).meta.client
+
+
+def reset() -> None:
+    """Forget the cached client (used by the local stack)."""
+    ddb.cache_clear()
+
+
+def cancellation_codes(exc: Exception) -> list[str]:
+    """The per-item ``Code`` of a ``TransactionCanceledException`` ('None' where it passed)."""
+    response: dict[str, Any] = getattr(exc, "response", {})
+    return [str(r.get("Code", "None")) for r in response.get("CancellationReasons", [])]

@@ -1,0 +1,128 @@
+"""The job's item in ``JOBS_TABLE`` (key ``job_id``) and the cost ledger in ``USAGE_TABLE``.
+
+Job item attributes written here: ``batch#<input_file_id>`` = ``"creating"`` while a batch
+is being created, then its batch id (conditional writes make CreateBatch idempotent);
+``status``, ``failed_state``, ``cause`` and the cost fields when the job ends.
+
+Ledger records: ``pk = "ledger#YYYY-MM-DD"``, ``sk = job_id`` in the usage table, one per
+finished job, read by day.
+"""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from .dynamodb import ddb
+
+CREATING = "creating"
+
+
+def _attr(input_file_id: str) -> str:
+    return f"batch#{input_file_id}"
+
+
+def recorded_batch(jobs_table: str, job_id: str, input_file_id: str) -> str | None:
+    """The batch id recorded for this input file, ``"creating"`` if claimed, or None."""
+    item = (
+        ddb()
+        .get_item(
+            TableName=jobs_table,
+            Key={"job_id": job_id},
+            ConsistentRead=True,
+            ProjectionExpression="#a",
+            ExpressionAttributeNames={"#a": _attr(input_file_id)},
+        )
+        .get("Item", {})
+    )
+    value = item.get(_attr(input_file_id))
+    return str(value) if value is not None else None
+
+
+def claim_batch(jobs_table: str, job_id: str, input_file_id: str) -> bool:
+    """Claim the right to create the batch of ``input_file_id``.
+
+    Returns:
+        True if this call claimed it; False if a batch was already claimed or recorded.
+    """
+    try:
+        ddb().update_item(
+            TableName=jobs_table,
+            Key={"job_id": job_id},
+            UpdateExpression="SET #a = :creating",
+            ConditionExpression="attribute_not_exists(#a)",
+            ExpressionAttributeNames={"#a": _attr(input_file_id)},
+            ExpressionAttributeValues={":creating": CREATING},
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
+
+
+def record_batch(jobs_table: str, job_id: str, input_file_id: str, batch_id: str) -> None:
+    """Record the created batch id over the claim (only over the claim or the same id)."""
+    ddb().update_item(
+        TableName=jobs_table,
+        Key={"job_id": job_id},
+        UpdateExpression="SET #a = :id",
+        ConditionExpression="#a = :creating OR #a = :id",
+        ExpressionAttributeNames={"#a": _attr(input_file_id)},
+        ExpressionAttributeValues={":creating": CREATING, ":id": batch_id},
+    )
+
+
+def mark_finished(jobs_table: str, job_id: str, fields: dict[str, Any]) -> None:
+    """Set the job's final ``status`` and result fields (floats are stored as Decimal)."""
+    values = {
+        k: Decimal(str(v)) if isinstance(v, float) else v
+        for k, v in fields.items()
+        if k != "job_id"  # the key itself
+    }
+    values["finished_at"] = int(time.time())
+    names = {f"#f{i}": k for i, k in enumerate(values)}
+    sets = ", ".join(f"#f{i} = :v{i}" for i in range(len(values)))
+    ddb().update_item(
+        TableName=jobs_table,
+        Key={"job_id": job_id},
+        UpdateExpression=f"SET {sets}",
+        ExpressionAttributeNames=names,
+        ExpressionAttributeValues={f":v{i}": v for i, v in enumerate(values.values())},
+    )
+
+
+def get_job(jobs_table: str, job_id: str) -> dict[str, Any]:
+    """The job's whole item (empty dict if none)."""
+    item: dict[str, Any] = (
+        ddb()
+        .get_item(TableName=jobs_table, Key={"job_id": job_id}, ConsistentRead=True)
+        .get("Item", {})
+    )
+    return item
+
+
+def put_ledger_record(usage_table: str, day: str, job_id: str, record: dict[str, Any]) -> None:
+    """Write (or overwrite, on retry) the job's ledger record for ``day``."""
+    item = {k: Decimal(str(v)) if isinstance(v, float) else v for k, v in record.items()}
+    item.update({"pk": f"ledger#{day}", "sk": job_id})
+    ddb().put_item(TableName=usage_table, Item=item)
+
+
+def ledger_records(usage_table: str, day: str) -> list[dict[str, Any]]:
+    """Every ledger record of ``day`` (paginated query)."""
+    records: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {
+        "TableName": usage_table,
+        "KeyConditionExpression": "pk = :pk",
+        "ExpressionAttributeValues": {":pk": f"ledger#{day}"},
+    }
+    while True:
+        page = ddb().query(**kwargs)
+        records.extend(page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            return records
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

@@ -1,0 +1,65 @@
+"""S3 access: reading the uploaded document and the chunk manifest (JSONL) in the work bucket."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from ..errors import InvalidDocumentError
+from .clients import client
+
+
+def read_document(
+    bucket: str, key: str, version_id: str | None, *, max_bytes: int
+) -> tuple[bytes, str | None]:
+    """Read an uploaded object whole, refusing it before download when it is too large.
+
+    Returns:
+        ``(body bytes, ETag without quotes)``.
+
+    Raises:
+        InvalidDocumentError: the object is over ``max_bytes`` or no longer exists.
+    """
+    extra: dict[str, Any] = {"VersionId": version_id} if version_id else {}
+    try:
+        head = client("s3").head_object(Bucket=bucket, Key=key, **extra)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in {"404", "NoSuchKey", "NoSuchVersion"}:
+            raise InvalidDocumentError(key, "the object no longer exists in S3") from exc
+        raise
+    size = int(head["ContentLength"])
+    if size > max_bytes:
+        raise InvalidDocumentError(
+            key, f"the file is {size} bytes, over the {max_bytes}-byte limit (MAX_DOCUMENT_BYTES)"
+        )
+    obj = client("s3").get_object(Bucket=bucket, Key=key, **extra)
+    body: bytes = obj["Body"].read()
+    etag = obj.get("ETag")
+    return body, etag.strip('"') if etag else None
+
+
+def write_jsonl(bucket: str, key: str, records: Iterable[dict[str, Any]]) -> int:
+    """Write ``records`` as JSON Lines to ``s3://bucket/key``.
+
+    Returns:
+        Bytes written.
+    """
+    payload = b"".join(
+        json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() + b"\n" for r in records
+    )
+    client("s3").put_object(
+        Bucket=bucket, Key=key, Body=payload, ContentType="application/x-ndjson"
+    )
+    return len(payload)
+
+
+def iter_jsonl(bucket: str, key: str) -> Iterator[dict[str, Any]]:
+    """Stream the JSON Lines object ``s3://bucket/key`` record by record."""
+    body = client("s3").get_object(Bucket=bucket, Key=key)["Body"]
+    for line in body.iter_lines(chunk_size=1 << 20):
+        if line:
+            yield json.loads(line)

@@ -1,0 +1,56 @@
+"""Secrets: the OpenAI API key and the database URL, from the environment or Secrets Manager.
+
+Secrets Manager values are read with Powertools Parameters and cached for
+``SECRET_MAX_AGE_SECONDS``. A secret still holding the template's placeholder is refused
+with a message that says how to set it. Values are never logged.
+"""
+
+from __future__ import annotations
+
+from aws_lambda_powertools.utilities import parameters
+
+from ..errors import ConfigurationError
+from ..settings import Settings
+
+#: The value template.yaml creates the secrets with, until the user puts the real one.
+PLACEHOLDER = "REPLACE_ME"
+
+
+def _from_secret(secret_id: str, max_age: int, what: str) -> str:
+    value = parameters.get_secret(secret_id, max_age=max_age)
+    if not isinstance(value, str) or not value.strip() or value.strip() == PLACEHOLDER:
+        raise ConfigurationError(
+            f"secret {secret_id} ({what}) has not been set: "
+            f"aws secretsmanager put-secret-value --secret-id {secret_id} --secret-string ..."
+        )
+    return value.strip()
+
+
+def openai_api_key(settings: Settings) -> str:
+    """The OpenAI API key: ``OPENAI_API_KEY`` or the secret ``OPENAI_API_KEY_SECRET_ID``.
+
+    Raises:
+        ConfigurationError: neither is set, or the secret holds the placeholder.
+    """
+    if settings.openai_api_key is not None:
+        return settings.openai_api_key.get_secret_value()
+    if settings.openai_api_key_secret_id:
+        return _from_secret(
+            settings.openai_api_key_secret_id, settings.secret_max_age_seconds, "OpenAI API key"
+        )
+    raise ConfigurationError("set OPENAI_API_KEY or OPENAI_API_KEY_SECRET_ID")
+
+
+def database_url(settings: Settings) -> str:
+    """The Postgres URL: ``DATABASE_URL`` or the secret ``DATABASE_URL_SECRET_ID``.
+
+    Raises:
+        ConfigurationError: neither is set, or the secret holds the placeholder.
+    """
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    if settings.database_url_secret_id:
+        return _from_secret(
+            settings.database_url_secret_id, settings.secret_max_age_seconds, "DATABASE_URL"
+        )
+    raise ConfigurationError("set DATABASE_URL or DATABASE_URL_SECRET_ID")

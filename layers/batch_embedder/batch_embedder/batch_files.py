@@ -1,0 +1,160 @@
+"""Batch input files: chunks packed into ``/v1/embeddings`` request lines, split into files.
+
+Limits (OpenAI Batch guide and embeddings reference, summarised in
+``../shared/reference/openai-batch-api.md``):
+
+- per request: at most 2,048 inputs and 300,000 tokens summed over its inputs;
+- per batch (= per input file): at most 50,000 requests, 50,000 embedding inputs, 200 MB.
+
+Each request line carries several chunks; its ``custom_id`` is ``"<job_id>:<first>-<end>"``:
+the half-open range of chunk indexes it holds, so ``data[i].index`` maps to chunk
+``first + i`` whatever order the output comes back in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final, Literal
+
+MAX_INPUTS_PER_REQUEST = 2048
+MAX_TOKENS_PER_REQUEST = 300_000
+MAX_REQUESTS_PER_BATCH = 50_000
+MAX_INPUTS_PER_BATCH = 50_000
+#: 200 MB input-file cap, counted in decimal megabytes to stay on the safe side.
+MAX_BATCH_FILE_BYTES = 200_000_000
+ENDPOINT: Final[Literal["/v1/embeddings"]] = "/v1/embeddings"
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """The limits a file is packed to (defaults: OpenAI's; tests use smaller ones)."""
+
+    inputs_per_request: int = MAX_INPUTS_PER_REQUEST
+    tokens_per_request: int = MAX_TOKENS_PER_REQUEST
+    requests_per_file: int = MAX_REQUESTS_PER_BATCH
+    inputs_per_file: int = MAX_INPUTS_PER_BATCH
+    bytes_per_file: int = MAX_BATCH_FILE_BYTES
+
+
+@dataclass
+class PlannedFile:
+    """A JSONL file written to disk, ready for upload with ``purpose="batch"``."""
+
+    path: Path
+    requests: int = 0
+    inputs: int = 0
+    tokens: int = 0
+    bytes: int = 0
+    custom_ids: list[str] = field(default_factory=list)
+
+
+def custom_id(job_id: str, first: int, end: int) -> str:
+    """The custom_id of the request holding chunks ``first`` .. ``end - 1``."""
+    return f"{job_id}:{first}-{end}"
+
+
+def parse_custom_id(value: str) -> tuple[str, int, int]:
+    """``(job_id, first, end)`` from a custom_id made by :func:`custom_id`.
+
+    Raises:
+        ValueError: the value is not of that form.
+    """
+    job_id, sep, span = value.rpartition(":")
+    first, dash, end = span.partition("-")
+    if not sep or not dash or not first.isdigit() or not end.isdigit() or int(end) <= int(first):
+        raise ValueError(f"custom_id {value!r} is not '<job_id>:<first>-<end>'")
+    return job_id, int(first), int(end)
+
+
+def _line(job_id: str, first: int, texts: list[str], model: str, dimensions: int | None) -> bytes:
+    body: dict[str, Any] = {"model": model, "input": texts, "encoding_format": "base64"}
+    if dimensions is not None:
+        body["dimensions"] = dimensions
+    record = {
+        "custom_id": custom_id(job_id, first, first + len(texts)),
+        "method": "POST",
+        "url": ENDPOINT,
+        "body": body,
+    }
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def write_batch_files(
+    chunks: Iterable[tuple[int, str, int]],
+    *,
+    job_id: str,
+    model: str,
+    dimensions: int | None,
+    directory: Path,
+    limits: BatchLimits | None = None,
+) -> list[PlannedFile]:
+    """Pack ``(chunk_index, text, token_count)`` rows (in index order) into batch files.
+
+    A request closes before it would pass the per-request input or token limit; a file
+    closes before it would pass the per-batch request, input or byte limit. Files are
+    streamed to ``directory`` (never held whole in memory).
+
+    Returns:
+        The files written, in order (at least one if any chunk was given).
+
+    Raises:
+        ValueError: chunk indexes are not consecutive from 0, or one chunk alone exceeds
+            the per-request token limit.
+    """
+    limits = limits or BatchLimits()
+    files: list[PlannedFile] = []
+    handle: IO[bytes] | None = None
+    current: PlannedFile | None = None
+    texts: list[str] = []
+    first = 0
+    tokens = 0
+    expected = 0
+
+    def flush_request() -> None:
+        nonlocal handle, current, texts, first, tokens
+        if not texts:
+            return
+        line = _line(job_id, first, texts, model, dimensions)
+        if current is None or (
+            current.requests + 1 > limits.requests_per_file
+            or current.inputs + len(texts) > limits.inputs_per_file
+            or current.bytes + len(line) > limits.bytes_per_file
+        ):
+            if handle is not None:
+                handle.close()
+            current = PlannedFile(path=directory / f"{job_id}-{len(files):04d}.jsonl")
+            files.append(current)
+            handle = current.path.open("wb")
+        assert handle is not None
+        handle.write(line)
+        current.requests += 1
+        current.inputs += len(texts)
+        current.tokens += tokens
+        current.bytes += len(line)
+        current.custom_ids.append(custom_id(job_id, first, first + len(texts)))
+        first += len(texts)
+        texts, tokens = [], 0
+
+    try:
+        for index, text, token_count in chunks:
+            if index != expected:
+                raise ValueError(f"chunk {index} out of order (expected {expected})")
+            expected += 1
+            if token_count > limits.tokens_per_request:
+                raise ValueError(f"chunk {index} has {token_count} tokens, over the request cap")
+            if (
+                len(texts) + 1 > limits.inputs_per_request
+                or tokens + token_count > limits.tokens_per_request
+                or len(texts) + 1 > limits.inputs_per_file
+            ):
+                flush_request()
+            texts.append(text)
+            tokens += token_count
+        flush_request()
+    finally:
+        if handle is not None:
+            handle.close()
+    return files

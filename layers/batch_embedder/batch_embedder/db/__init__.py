@@ -1,0 +1,1 @@
+"""Postgres + pgvector: connection, schema migrations, the bulk writer and the search query."""

@@ -1,0 +1,145 @@
+"""The project's own schema in Postgres, created and migrated by the project.
+
+Everything lives in the ``batch_embedder`` schema:
+
+- ``chunks``: one row per chunk of each document version and (model, dimensions); the
+  embedding column is an untyped ``vector`` so several models/dimensions can coexist (a
+  model change never overwrites the old vectors).
+- one HNSW cosine index per (model, dimensions), an expression index on
+  ``embedding::vector(D)`` restricted to that model (pgvector README, "indexing vectors with
+  different dimensions"). pgvector's HNSW on ``vector`` stops at 2,000 dimensions; above
+  that a ``halfvec`` expression index is used where pgvector >= 0.7, else none (logged).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import psycopg
+from psycopg import sql
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "batch_embedder"
+#: pgvector's HNSW limit for ``vector`` (pgvector README).
+HNSW_MAX_VECTOR_DIMENSIONS = 2000
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE batch_embedder.chunks (
+            id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            source_bucket   text        NOT NULL,
+            source_key      text        NOT NULL,
+            source_version  text,
+            chunk_index     integer     NOT NULL CHECK (chunk_index >= 0),
+            text            text        NOT NULL,
+            content_sha256  text        NOT NULL,
+            token_count     integer     NOT NULL CHECK (token_count > 0),
+            char_start      integer     NOT NULL,
+            char_end        integer     NOT NULL,
+            model           text        NOT NULL,
+            dimensions      integer     NOT NULL,
+            embedding       vector      NOT NULL,
+            job_id          text        NOT NULL,
+            created_at      timestamptz NOT NULL DEFAULT now(),
+            updated_at      timestamptz NOT NULL DEFAULT now(),
+            CONSTRAINT chunks_document_chunk
+                UNIQUE (source_bucket, source_key, model, dimensions, chunk_index),
+            CONSTRAINT chunks_embedding_dimensions CHECK (vector_dims(embedding) = dimensions)
+        );
+        CREATE INDEX chunks_content ON batch_embedder.chunks (content_sha256, model, dimensions);
+        """,
+    ),
+]
+
+
+def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    """Create the extension, the schema and apply pending migrations, under an advisory lock.
+
+    Returns:
+        The schema version after migrating.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('batch_embedder.migrate'))")
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        schema = sql.Identifier(SCHEMA)
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {}.schema_version ("
+                "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            ).format(schema)
+        )
+        row = conn.execute(
+            sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_version").format(schema)
+        ).fetchone()
+        current = int(str(row[0])) if row else 0
+        for version, ddl in MIGRATIONS:
+            if version > current:
+                conn.execute(ddl)
+                conn.execute(
+                    sql.SQL("INSERT INTO {}.schema_version (version) VALUES (%s)").format(schema),
+                    (version,),
+                )
+                current = version
+    return current
+
+
+def index_name(model: str, dimensions: int) -> str:
+    """Name of the HNSW index of one (model, dimensions)."""
+    digest = hashlib.sha256(f"{model}/{dimensions}".encode()).hexdigest()[:10]
+    return f"chunks_hnsw_{dimensions}_{digest}"
+
+
+def vector_type(dimensions: int, halfvec: bool = False) -> sql.Composable:
+    """``vector(D)`` (or ``halfvec(D)``) as SQL, for casts that must match the index."""
+    return sql.SQL("{}({})").format(
+        sql.SQL("halfvec" if halfvec else "vector"), sql.Literal(dimensions)
+    )
+
+
+def _pgvector_version(conn: psycopg.Connection[tuple[object, ...]]) -> tuple[int, ...]:
+    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    return tuple(int(p) for p in str(row[0]).split(".")) if row else (0,)
+
+
+def uses_halfvec(conn: psycopg.Connection[tuple[object, ...]], dimensions: int) -> bool:
+    """Whether vectors of ``dimensions`` are indexed (and searched) as ``halfvec``."""
+    return dimensions > HNSW_MAX_VECTOR_DIMENSIONS and _pgvector_version(conn) >= (0, 7)
+
+
+def ensure_vector_index(
+    conn: psycopg.Connection[tuple[object, ...]], model: str, dimensions: int
+) -> bool:
+    """Create the HNSW cosine index of (model, dimensions) if missing.
+
+    Returns:
+        True if an index exists afterwards; False above 2,000 dimensions without halfvec.
+    """
+    halfvec = uses_halfvec(conn, dimensions)
+    if dimensions > HNSW_MAX_VECTOR_DIMENSIONS and not halfvec:
+        logger.warning(
+            "no HNSW index for %s/%s: over 2,000 dimensions needs pgvector >= 0.7 (halfvec); "
+            "set EMBEDDING_DIMENSIONS <= 2000",
+            model,
+            dimensions,
+        )
+        return False
+    ddl = sql.SQL(
+        "CREATE INDEX IF NOT EXISTS {name} ON {schema}.chunks USING hnsw "
+        "((embedding::{vtype}) {ops}) WHERE model = {model} AND dimensions = {dims}"
+    ).format(
+        name=sql.Identifier(index_name(model, dimensions)),
+        schema=sql.Identifier(SCHEMA),
+        vtype=vector_type(dimensions, halfvec),
+        ops=sql.SQL("halfvec_cosine_ops" if halfvec else "vector_cosine_ops"),
+        model=sql.Literal(model),
+        dims=sql.Literal(dimensions),
+    )
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('batch_embedder.index'))")
+        conn.execute(ddl)
+    return True

@@ -1,0 +1,217 @@
+"""The pydantic contracts that travel between the workflow's states.
+
+Each Lambda parses its input into one of these and returns the next. They grow by
+inheritance, so every state's output is the next state's input and the execution's
+state payload stays small: chunks and request lines live in S3 (Step Functions caps a
+payload at 256 KB).
+
+Flow: ``ChunkRequest`` -> ChunkAndEstimate -> ``ChunkedJob`` -> BudgetCheck ->
+``ReservedJob`` -> BuildAndUploadJsonl -> ``UploadedJob`` -> CreateBatch ->
+``SubmittedJob`` -> (Wait, PollBatch -> ``SubmittedJob``)* -> FetchAndWrite ->
+``WrittenJob`` -> RecordCost -> ``JobSummary``. Any failure -> RecordFailure
+(``FailureInput``) -> ``FailureOutcome``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from aws_lambda_powertools.utilities.parser.models import S3EventNotificationEventBridgeModel
+from pydantic import BaseModel, ConfigDict, Field
+
+BatchStatus = Literal[
+    "validating",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "failed",
+    "expired",
+    "cancelling",
+    "cancelled",
+]
+
+
+class Contract(BaseModel):
+    """Base of every state contract: unknown keys are ignored (Step Functions may add some)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class S3Location(Contract):
+    """An object in S3."""
+
+    bucket: str
+    key: str
+
+
+class DocumentRef(Contract):
+    """The uploaded document an execution embeds."""
+
+    bucket: str
+    key: str = Field(description="Object key, decoded (as EventBridge delivers it).")
+    version_id: str | None = None
+    etag: str | None = None
+    size: int = Field(ge=0, description="bytes")
+
+
+class ChunkRequest(Contract):
+    """Input of ChunkAndEstimate: the EventBridge event and the execution's name as job id."""
+
+    job_id: str = Field(min_length=1, max_length=80)
+    event: S3EventNotificationEventBridgeModel
+
+
+class CostEstimate(Contract):
+    """What the counted tokens will cost, in USD."""
+
+    batch_usd: float
+    standard_usd: float
+
+
+class ChunkedJob(Contract):
+    """Output of ChunkAndEstimate: the chunk manifest is in S3, counts are exact tokens."""
+
+    job_id: str
+    document: DocumentRef
+    model: str
+    dimensions: int = Field(gt=0)
+    manifest: S3Location
+    chunks: int = Field(ge=1)
+    tokens: int = Field(ge=1, description="cl100k_base tokens summed over all chunks")
+    estimate: CostEstimate
+
+
+class Reservation(Contract):
+    """Tokens held against the daily budget until RecordCost commits or RecordFailure releases."""
+
+    day: str = Field(description="UTC day, YYYY-MM-DD")
+    tokens: int = Field(ge=0)
+
+
+class ReservedJob(ChunkedJob):
+    """Output of BudgetCheck."""
+
+    reservation: Reservation
+
+
+class BatchFile(Contract):
+    """One uploaded batch input file (JSONL of /v1/embeddings requests)."""
+
+    file_id: str
+    requests: int = Field(ge=1)
+    inputs: int = Field(ge=1, description="embedding inputs (chunks) across its requests")
+    tokens: int = Field(ge=1)
+    bytes: int = Field(ge=1)
+
+
+class UploadedJob(ReservedJob):
+    """Output of BuildAndUploadJsonl."""
+
+    batch_files: list[BatchFile] = Field(min_length=1)
+
+
+class BatchRef(Contract):
+    """One OpenAI batch and what the last poll saw of it."""
+
+    batch_id: str
+    input_file_id: str
+    status: BatchStatus = "validating"
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    completed_requests: int = 0
+    failed_requests: int = 0
+    total_requests: int = 0
+
+
+class PollState(Contract):
+    """The wait/poll loop: the Wait state reads ``wait_seconds``; the Choice reads ``status``."""
+
+    status: BatchStatus
+    wait_seconds: int = Field(ge=0, description="seconds the next Wait state waits")
+    polls: int = Field(ge=0)
+
+
+class SubmittedJob(UploadedJob):
+    """Output of CreateBatch and of each PollBatch."""
+
+    batches: list[BatchRef] = Field(min_length=1)
+    poll: PollState
+
+
+class WriteResult(Contract):
+    """What FetchAndWrite did in Postgres."""
+
+    vectors_written: int = Field(ge=0, description="rows inserted or updated")
+    rows_deleted: int = Field(ge=0, description="stale rows of earlier versions removed")
+    billed_tokens: int = Field(ge=0, description="sum of usage.total_tokens in the output")
+    failed_requests: int = 0
+
+
+class WrittenJob(SubmittedJob):
+    """Output of FetchAndWrite."""
+
+    written: WriteResult
+
+
+class JobSummary(Contract):
+    """Output of RecordCost: the execution's result as a user reads it."""
+
+    job_id: str
+    bucket: str
+    key: str
+    model: str
+    dimensions: int
+    chunks: int
+    tokens: int
+    billed_tokens: int
+    vectors_written: int
+    cost_usd: float
+    standard_cost_usd: float
+    saved_usd: float
+    day: str
+
+
+class CaughtError(Contract):
+    """What a Step Functions ``Catch`` puts at ``ResultPath``."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    error: str = Field(alias="Error")
+    cause: str = Field(default="", alias="Cause")
+
+
+class FailureInput(Contract):
+    """Input of RecordFailure: whatever the failed state had, plus the caught error.
+
+    Reached from every ``Catch`` (``error`` set) and from the batch-status Choice when a
+    batch ended ``failed`` / ``expired`` / ``cancelled`` (``poll`` and ``batches`` set).
+    """
+
+    job_id: str
+    event: dict[str, Any] | None = None
+    document: DocumentRef | None = None
+    batches: list[BatchRef] | None = None
+    poll: PollState | None = None
+    error: CaughtError | None = None
+
+
+FailedState = Literal[
+    "InvalidDocument",
+    "BudgetExceeded",
+    "BatchFailed",
+    "BatchExpired",
+    "BatchCancelled",
+    "EmbeddingsIncomplete",
+    "PipelineError",
+]
+
+
+class FailureOutcome(Contract):
+    """Output of RecordFailure: the Fail state to end in, and why."""
+
+    job_id: str
+    failed_state: FailedState
+    error: str
+    cause: str
+    released_tokens: int = Field(ge=0)
+    billed_tokens: int = Field(ge=0, description="tokens billed anyway (an expired batch's part)")

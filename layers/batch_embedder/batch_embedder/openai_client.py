@@ -1,0 +1,52 @@
+"""The official ``openai`` SDK client, pointed at OpenAI or any compatible server.
+
+``OPENAI_BASE_URL`` empty -> api.openai.com; set -> that server (the local stack's
+emulator). Nothing else differs between the two.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import openai
+
+from .aws.secrets import openai_api_key
+from .settings import Settings
+
+
+class QuotaExhaustedError(Exception):
+    """OpenAI answered 429 ``insufficient_quota``: the account is out of credit. Not retried."""
+
+
+@functools.cache
+def _client(api_key: str, base_url: str, max_retries: int, timeout: float) -> openai.OpenAI:
+    return openai.OpenAI(
+        api_key=api_key, base_url=base_url or None, max_retries=max_retries, timeout=timeout
+    )
+
+
+def get_client(settings: Settings) -> openai.OpenAI:
+    """A cached client for the configured key and base URL.
+
+    The SDK retries 408/409/429/5xx and timeouts itself (``OPENAI_MAX_RETRIES`` times, with
+    backoff and ``retry-after``); the state machine's ``Retry`` adds more on top.
+
+    Raises:
+        ConfigurationError: no API key is configured.
+    """
+    return _client(
+        openai_api_key(settings),
+        settings.openai_base_url,
+        settings.openai_max_retries,
+        settings.openai_timeout_seconds,
+    )
+
+
+def raise_if_quota_exhausted(exc: openai.RateLimitError) -> None:
+    """Re-raise a 429 ``insufficient_quota`` as ``QuotaExhaustedError`` (not retryable).
+
+    Raises:
+        QuotaExhaustedError: ``exc`` is an insufficient_quota error.
+    """
+    if exc.code == "insufficient_quota":
+        raise QuotaExhaustedError(str(exc)) from exc

@@ -1,0 +1,1 @@
+"""One module of logic per workflow state; handlers in functions/<step>/app.py call these."""

@@ -1,0 +1,190 @@
+"""BuildAndUploadJsonl, CreateBatch and PollBatch: the OpenAI Batch side of the workflow."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import openai
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from openai.types import Batch
+
+from ..aws import jobs, s3
+from ..batch_files import ENDPOINT, BatchLimits, write_batch_files
+from ..models import (
+    BatchFile,
+    BatchRef,
+    BatchStatus,
+    PollState,
+    ReservedJob,
+    SubmittedJob,
+    UploadedJob,
+)
+from ..openai_client import get_client, raise_if_quota_exhausted
+from ..settings import Settings, request_dimensions
+
+logger = Logger(child=True)
+metrics = Metrics()
+
+#: Statuses after which a batch changes no more (OpenAI Batch guide).
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "expired", "cancelled"})
+#: How far back CreateBatch looks for a batch it may have created before a crash.
+RECOVERY_SCAN_LIMIT = 500
+
+
+def build_and_upload_jsonl(
+    job: ReservedJob, settings: Settings, *, limits: BatchLimits | None = None
+) -> UploadedJob:
+    """Pack the manifest's chunks into ``/v1/embeddings`` request lines and upload the files.
+
+    Files are written to a temporary directory (Lambda: ``/tmp``) and uploaded with
+    ``purpose="batch"``.
+
+    Raises:
+        openai.APIError: the upload failed after the SDK's retries.
+    """
+    client = get_client(settings)
+    uploaded: list[BatchFile] = []
+    with tempfile.TemporaryDirectory(prefix="batch-embedder-") as tmp:
+        rows = (
+            (int(r["chunk_index"]), str(r["text"]), int(r["token_count"]))
+            for r in s3.iter_jsonl(job.manifest.bucket, job.manifest.key)
+        )
+        planned = write_batch_files(
+            rows,
+            job_id=job.job_id,
+            model=job.model,
+            dimensions=request_dimensions(job.model, job.dimensions),
+            directory=Path(tmp),
+            limits=limits or BatchLimits(inputs_per_request=settings.batch_inputs_per_request),
+        )
+        for f in planned:
+            with f.path.open("rb") as fh:
+                created = client.files.create(file=(f.path.name, fh), purpose="batch")
+            uploaded.append(
+                BatchFile(
+                    file_id=created.id,
+                    requests=f.requests,
+                    inputs=f.inputs,
+                    tokens=f.tokens,
+                    bytes=f.bytes,
+                )
+            )
+    logger.info("uploaded batch files", extra={"files": [u.file_id for u in uploaded]})
+    return UploadedJob(**job.model_dump(), batch_files=uploaded)
+
+
+def _find_created_batch(client: openai.OpenAI, job_id: str, input_file_id: str) -> Batch | None:
+    for i, batch in enumerate(client.batches.list(limit=100)):
+        if i >= RECOVERY_SCAN_LIMIT:
+            break
+        meta = batch.metadata or {}
+        if meta.get("job_id") == job_id and batch.input_file_id == input_file_id:
+            return batch
+    return None
+
+
+def create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
+    """Create one batch per uploaded file, exactly once per file across Lambda retries.
+
+    Each file is first claimed in the job's DynamoDB item with a conditional write; the
+    batch id is recorded after creation. A retry that finds a claim without an id (the
+    earlier attempt died between the two) looks the batch up by its metadata before
+    creating one.
+
+    Raises:
+        QuotaExhaustedError: OpenAI says the account has no credit.
+        openai.APIError: creation failed after the SDK's retries.
+    """
+    client = get_client(settings)
+    refs: list[BatchRef] = []
+    source = f"s3://{job.document.bucket}/{job.document.key}"
+    for f in job.batch_files:
+        recorded = jobs.recorded_batch(settings.jobs_table, job.job_id, f.file_id)
+        if recorded and recorded != jobs.CREATING:
+            refs.append(BatchRef(batch_id=recorded, input_file_id=f.file_id))
+            continue
+        batch: Batch | None = None
+        if recorded is None and jobs.claim_batch(settings.jobs_table, job.job_id, f.file_id):
+            pass
+        else:
+            batch = _find_created_batch(client, job.job_id, f.file_id)
+        if batch is None:
+            try:
+                batch = client.batches.create(
+                    input_file_id=f.file_id,
+                    endpoint=ENDPOINT,
+                    completion_window="24h",
+                    metadata={
+                        "job_id": job.job_id,
+                        "source": source[:512],
+                        "app": "batch-embedder",
+                    },
+                )
+            except openai.RateLimitError as exc:
+                raise_if_quota_exhausted(exc)
+                raise
+            metrics.add_metric(name="batches_created", unit=MetricUnit.Count, value=1)
+        jobs.record_batch(settings.jobs_table, job.job_id, f.file_id, batch.id)
+        refs.append(BatchRef(batch_id=batch.id, input_file_id=f.file_id, status=batch.status))
+    logger.info("batches created", extra={"batches": [r.batch_id for r in refs]})
+    return SubmittedJob(
+        **job.model_dump(),
+        batches=refs,
+        poll=PollState(
+            status="validating", wait_seconds=settings.poll_initial_wait_seconds, polls=0
+        ),
+    )
+
+
+def overall_status(statuses: list[str]) -> BatchStatus:
+    """One status for a job's batches: a failure wins, then all-completed, else still going.
+
+    ``failed`` > ``expired`` > ``cancelled`` as soon as any batch has it (RecordFailure
+    cancels the others); ``completed`` only when all are; otherwise the least advanced.
+    """
+    for bad in ("failed", "expired", "cancelled"):
+        if bad in statuses:
+            return bad
+    if all(s == "completed" for s in statuses):
+        return "completed"
+    for going in ("validating", "in_progress", "finalizing", "cancelling"):
+        if going in statuses:
+            return going
+    return "in_progress"
+
+
+def to_ref(batch: Batch) -> BatchRef:
+    """What the workflow keeps of a retrieved batch."""
+    counts = batch.request_counts
+    return BatchRef(
+        batch_id=batch.id,
+        input_file_id=batch.input_file_id,
+        status=batch.status,
+        output_file_id=batch.output_file_id,
+        error_file_id=batch.error_file_id,
+        completed_requests=counts.completed if counts else 0,
+        failed_requests=counts.failed if counts else 0,
+        total_requests=counts.total if counts else 0,
+    )
+
+
+def poll_batches(job: SubmittedJob, settings: Settings) -> SubmittedJob:
+    """Retrieve every batch of the job; set the overall status and the next wait.
+
+    The wait doubles from ``POLL_INITIAL_WAIT_SECONDS`` up to ``POLL_MAX_WAIT_SECONDS``.
+    """
+    client = get_client(settings)
+    refs = [to_ref(client.batches.retrieve(b.batch_id)) for b in job.batches]
+    status = overall_status([r.status for r in refs])
+    wait = min(
+        settings.poll_max_wait_seconds,
+        max(settings.poll_initial_wait_seconds, job.poll.wait_seconds * 2),
+    )
+    logger.info("polled", extra={"status": status, "next_wait_seconds": wait})
+    data = job.model_dump()
+    data.update(
+        batches=refs, poll=PollState(status=status, wait_seconds=wait, polls=job.poll.polls + 1)
+    )
+    return SubmittedJob(**data)

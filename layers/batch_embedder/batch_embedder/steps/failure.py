@@ -1,0 +1,166 @@
+"""RecordFailure: every failure path ends here before its Fail state.
+
+It names the Fail state, writes a cause that names the file and the reason, cancels
+batches still running, commits whatever was billed anyway (an expired batch's finished
+part, the good lines of a batch with failed ones) and releases the rest of the
+reservation, so no budget is left reserved.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+from .. import pricing
+from ..aws import budget, jobs
+from ..models import BatchRef, FailedState, FailureInput, FailureOutcome
+from ..openai_client import get_client
+from ..openai_files import iter_jsonl_file
+from ..settings import Settings
+
+logger = Logger(child=True)
+metrics = Metrics()
+
+ERROR_STATES: dict[str, FailedState] = {
+    "InvalidDocumentError": "InvalidDocument",
+    "BudgetExceededError": "BudgetExceeded",
+    "EmbeddingsIncompleteError": "EmbeddingsIncomplete",
+}
+BATCH_STATES: dict[str, FailedState] = {
+    "failed": "BatchFailed",
+    "expired": "BatchExpired",
+    "cancelled": "BatchCancelled",
+}
+
+
+def _source_key(failure: FailureInput) -> str:
+    if failure.document is not None:
+        return failure.document.key
+    detail: dict[str, Any] = (failure.event or {}).get("detail") or {}
+    return str((detail.get("object") or {}).get("key", "<unknown object>"))
+
+
+def error_message(cause: str) -> str:
+    """The ``errorMessage`` inside a Lambda error's Cause (JSON), or the cause as it is."""
+    try:
+        parsed = json.loads(cause)
+    except (TypeError, ValueError):
+        return cause
+    if isinstance(parsed, dict) and "errorMessage" in parsed:
+        return str(parsed["errorMessage"])
+    return cause
+
+
+def _batch_cause(key: str, status: str, batches: list[BatchRef], details: list[str]) -> str:
+    done = sum(b.completed_requests for b in batches)
+    failed = sum(b.failed_requests for b in batches)
+    total = sum(b.total_requests for b in batches)
+    ids = ", ".join(b.batch_id for b in batches if b.status == status)
+    text = (
+        f"{key}: batch {ids} ended '{status}' with {done}/{total} requests completed "
+        f"and {failed} failed; no vectors were written"
+    )
+    return f"{text}; {'; '.join(details)}" if details else text
+
+
+def _billed_tokens(
+    settings: Settings, batch_ids: list[str]
+) -> tuple[int, list[BatchRef], list[str]]:
+    """Tokens billed by the job's batches so far; cancels those still running."""
+    client = get_client(settings)
+    billed = 0
+    refs: list[BatchRef] = []
+    details: list[str] = []
+    from .batch import TERMINAL, to_ref
+
+    for batch_id in batch_ids:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status not in TERMINAL and batch.status != "cancelling":
+            batch = client.batches.cancel(batch_id)
+        refs.append(to_ref(batch))
+        for err in (batch.errors.data or []) if batch.errors else []:
+            details.append(f"line {err.line}: {err.message}" if err.line else str(err.message))
+        usage = getattr(batch, "usage", None)
+        if usage is not None and getattr(usage, "input_tokens", None) is not None:
+            billed += int(usage.input_tokens)
+        elif batch.output_file_id:
+            for record in iter_jsonl_file(client, batch.output_file_id):
+                body = (record.get("response") or {}).get("body") or {}
+                billed += int((body.get("usage") or {}).get("total_tokens", 0))
+    return billed, refs, details
+
+
+def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
+    """Record why the job failed, settle its reservation and pick the Fail state.
+
+    Returns:
+        The Fail state (``InvalidDocument``, ``BudgetExceeded``, ``BatchFailed``,
+        ``BatchExpired``, ``BatchCancelled``, ``EmbeddingsIncomplete`` or ``PipelineError``),
+        the error name and a cause for a person.
+    """
+    key = _source_key(failure)
+    billed = 0
+    details: list[str] = []
+    refs = failure.batches or []
+    if refs:
+        try:
+            billed, refs, details = _billed_tokens(settings, [b.batch_id for b in refs])
+        except Exception:  # a failure path must still release the reservation
+            logger.exception("could not read the batches' usage; committing 0 tokens")
+    if failure.error is not None:
+        error = failure.error.error
+        state: FailedState = ERROR_STATES.get(error, "PipelineError")
+        message = error_message(failure.error.cause)
+        cause = message if state != "PipelineError" else f"{key}: {error}: {message}"
+    else:
+        status = failure.poll.status if failure.poll else "failed"
+        state = BATCH_STATES.get(status, "PipelineError")
+        error = state
+        cause = _batch_cause(key, status, refs, details)
+    released, committed = budget.settle(
+        jobs_table=settings.jobs_table,
+        usage_table=settings.usage_table,
+        job_id=failure.job_id,
+        billed_tokens=billed,
+        outcome="released",
+    )
+    if committed:
+        item = jobs.get_job(settings.jobs_table, failure.job_id)
+        model = settings.embedding_model
+        cost = pricing.breakdown(model, committed)
+        day = str(item.get("reservation_day") or budget.utc_day())
+        jobs.put_ledger_record(
+            settings.usage_table,
+            day,
+            failure.job_id,
+            {
+                "job_id": failure.job_id,
+                "source": key,
+                "day": day,
+                "model": model,
+                "status": "FAILED",
+                "tokens": committed,
+                "price_per_million_usd": float(pricing.price_for(model).batch),
+                "cost_usd": float(cost.batch_usd),
+                "standard_cost_usd": float(cost.standard_usd),
+                "saved_usd": float(cost.saved_usd),
+            },
+        )
+    jobs.mark_finished(
+        settings.jobs_table,
+        failure.job_id,
+        {"status": "FAILED", "failed_state": state, "cause": cause[:4000], "source_key": key},
+    )
+    metrics.add_metric(name="failed_jobs", unit=MetricUnit.Count, value=1)
+    logger.warning("job failed", extra={"failed_state": state, "cause": cause})
+    return FailureOutcome(
+        job_id=failure.job_id,
+        failed_state=state,
+        error=error,
+        cause=cause[:32000],
+        released_tokens=released,
+        billed_tokens=committed,
+    )

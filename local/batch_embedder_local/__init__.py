@@ -1,0 +1,5 @@
+"""The local stack (dev only, never deployed): moto + pgserver + an OpenAI-compatible emulator.
+
+It runs the real ``statemachine/`` definition and the real ``functions/`` handlers, with
+buckets, tables, secrets and functions created from ``template.yaml`` itself.
+"""

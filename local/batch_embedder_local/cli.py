@@ -1,0 +1,259 @@
+"""``batch-embedder``: the command line of the local stack (and, later, of the ledger).
+
+- ``batch-embedder local ingest PATH...``: upload files, run one execution per file.
+- ``batch-embedder local search "query"``: nearest chunks in pgvector.
+- ``batch-embedder local openai-server --port N``: the OpenAI-compatible emulator alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from .stack import ExecutionResult, LocalStack, default_home
+
+
+def _collect(paths: list[str]) -> list[tuple[str, Path]]:
+    """``(key, file)`` for every file named or found (recursively) in a named folder."""
+    found: list[tuple[str, Path]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                rel = file.relative_to(path)
+                if not any(part.startswith(".") for part in rel.parts):
+                    found.append((rel.as_posix(), file))
+        elif path.is_file():
+            found.append((path.name, path))
+        else:
+            raise SystemExit(f"batch-embedder: {raw}: no such file or folder")
+    return found
+
+
+def _parse_params(values: list[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for value in values:
+        name, sep, setting = value.partition("=")
+        if not sep:
+            raise SystemExit(f"batch-embedder: --param {value!r} is not NAME=VALUE")
+        params[name] = setting
+    return params
+
+
+def _totals(results: list[ExecutionResult]) -> dict[str, Any]:
+    rows = [r.as_dict() for r in results]
+    return {
+        "files": len(rows),
+        "succeeded": sum(1 for r in rows if r["status"] == "SUCCEEDED"),
+        "failed": sum(1 for r in rows if r["status"] != "SUCCEEDED"),
+        "chunks": sum(r["chunks"] for r in rows),
+        "tokens": sum(r["tokens"] for r in rows),
+        "vectors_written": sum(r["vectors_written"] for r in rows),
+        "cost_usd": round(sum(r["cost_usd"] for r in rows), 9),
+        "standard_cost_usd": round(sum(r["standard_cost_usd"] for r in rows), 9),
+    }
+
+
+def _print_table(results: list[ExecutionResult], totals: dict[str, Any], seconds: float) -> None:
+    header = f"{'status':<10} {'chunks':>7} {'tokens':>10} {'vectors':>8} {'cost $':>11}  key"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        row = r.as_dict()
+        print(
+            f"{row['status']:<10} {row['chunks']:>7} {row['tokens']:>10} "
+            f"{row['vectors_written']:>8} {row['cost_usd']:>11.6f}  {row['key']}"
+        )
+        if row["status"] != "SUCCEEDED":
+            print(f"{'':>10} -> {row['failed_state']}: {row['cause']}")
+    print("-" * len(header))
+    print(
+        f"{'total':<10} {totals['chunks']:>7} {totals['tokens']:>10} "
+        f"{totals['vectors_written']:>8} {totals['cost_usd']:>11.6f}  "
+        f"{totals['files']} file(s), {totals['succeeded']} succeeded, {totals['failed']} failed"
+    )
+    saved = totals["standard_cost_usd"] - totals["cost_usd"]
+    print(
+        f"standard-price cost ${totals['standard_cost_usd']:.6f}; Batch API saved ${saved:.6f}; "
+        f"{seconds:.1f} s"
+    )
+
+
+class _Progress:
+    """Live view on stderr: executions per current state, like the console's list."""
+
+    def __init__(self, stack: LocalStack, total: int, started: float) -> None:
+        self.stack = stack
+        self.total = total
+        self.started = started
+        self.last = 0.0
+
+    def __call__(self, pending: dict[str, str]) -> None:
+        now = time.monotonic()
+        if now - self.last < 2.0 and pending:
+            return
+        self.last = now
+        states = Counter(self.stack.current_state(arn) for arn in list(pending)[:200])
+        done = self.total - len(pending)
+        shown = ", ".join(f"{name} {count}" for name, count in states.most_common())
+        print(
+            f"[{now - self.started:7.1f}s] {done}/{self.total} finished; running: {shown or '-'}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Upload files, start one execution per file, wait, print the summary."""
+    files = _collect(args.paths)
+    if not files:
+        raise SystemExit("batch-embedder: no files to ingest")
+    home = Path(args.home) if args.home else default_home()
+    started = time.monotonic()
+    with LocalStack(
+        home,
+        parameters=_parse_params(args.param),
+        openai=args.openai,
+        log_file=home / "lambda.log",
+    ) as stack:
+        executions: dict[str, str] = {}
+        for key, path in files:
+            executions[stack.start_execution(stack.upload(key, path.read_bytes()))] = key
+        print(
+            f"started {len(executions)} execution(s) of {stack.state_machine_arn}", file=sys.stderr
+        )
+        results = stack.wait(
+            executions,
+            timeout=args.timeout,
+            on_progress=None if args.quiet else _Progress(stack, len(executions), started),
+        )
+    seconds = time.monotonic() - started
+    totals = _totals(results)
+    if args.json:
+        json.dump(
+            {
+                "executions": [r.as_dict() for r in results],
+                "totals": totals,
+                "seconds": round(seconds, 3),
+            },
+            sys.stdout,
+            indent=2,
+        )
+        print()
+    else:
+        _print_table(results, totals, seconds)
+    return 0 if totals["failed"] == 0 else 1
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Embed the query with the same provider and model, print the nearest chunks."""
+    from .search import search_local
+
+    hits = search_local(
+        args.query, k=args.k, home=Path(args.home) if args.home else None, openai_mode=args.openai
+    )
+    if args.json:
+        json.dump(
+            [
+                {
+                    "key": h.key,
+                    "chunk_index": h.chunk_index,
+                    "score": round(h.score, 6),
+                    "text": h.text,
+                }
+                for h in hits
+            ],
+            sys.stdout,
+            indent=2,
+        )
+        print()
+        return 0
+    if not hits:
+        print("no chunks indexed yet: run `batch-embedder local ingest PATH` first")
+        return 1
+    for rank, h in enumerate(hits, 1):
+        snippet = " ".join(h.text.split())[:160]
+        print(f"{rank}. {h.score:.4f}  {h.key} #{h.chunk_index}\n   {snippet}")
+    return 0
+
+
+def cmd_openai_server(args: argparse.Namespace) -> int:
+    """Run the OpenAI-compatible emulator in the foreground."""
+    from .openai_server.server import main as server_main
+
+    argv = ["--port", str(args.port)]
+    if args.data_dir:
+        argv += ["--data-dir", args.data_dir]
+    return int(server_main(argv) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``batch-embedder``."""
+    parser = argparse.ArgumentParser(prog="batch-embedder", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    local = sub.add_parser("local", help="the local stack: moto + pgserver + OpenAI emulator")
+    lsub = local.add_subparsers(dest="local_command", required=True)
+
+    ingest = lsub.add_parser("ingest", help="upload files and run the workflow on each")
+    ingest.add_argument("paths", nargs="+", help="files or folders (recursively)")
+    ingest.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    ingest.add_argument(
+        "--home", help="data folder (default $BATCH_EMBEDDER_HOME or ./.batch-embedder)"
+    )
+    ingest.add_argument(
+        "--openai",
+        choices=["emulator", "openai"],
+        default="emulator",
+        help="emulator (default) or the real API with OPENAI_API_KEY",
+    )
+    ingest.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="template parameter override, e.g. DailyTokenLimit=100000",
+    )
+    ingest.add_argument(
+        "--timeout", type=float, default=3600, help="seconds to wait (default 3600)"
+    )
+    ingest.add_argument("--quiet", action="store_true", help="no live progress on stderr")
+    ingest.set_defaults(func=cmd_ingest)
+
+    search = lsub.add_parser("search", help="nearest chunks to a query")
+    search.add_argument("query")
+    search.add_argument("-k", type=int, default=5, help="how many chunks (default 5)")
+    search.add_argument("--json", action="store_true")
+    search.add_argument("--home")
+    search.add_argument("--openai", choices=["emulator", "openai"], default="emulator")
+    search.set_defaults(func=cmd_search)
+
+    server = lsub.add_parser("openai-server", help="run the OpenAI-compatible emulator")
+    server.add_argument("--port", type=int, default=8787)
+    server.add_argument("--data-dir")
+    server.set_defaults(func=cmd_openai_server)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``batch-embedder`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear message, not a stack trace
+        from .postgres import LocalPostgresError
+
+        if isinstance(exc, LocalPostgresError):
+            print(f"batch-embedder: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

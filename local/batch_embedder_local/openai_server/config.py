@@ -1,0 +1,140 @@
+"""Settings of the local OpenAI emulator (dev only, never deployed).
+
+Every limit defaults to the figure in ``/work/shared/reference/openai-batch-api.md`` (the
+contract the project codes against, itself taken from the openai SDK 3.54 types and OpenAI's
+Batch / Embeddings guides); every timing is in seconds, every size in bytes, every token
+count in cl100k_base tokens. All fields can be changed at run time through
+``OpenAIEmulator.update_config(...)`` or ``POST /_emulator/config``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["EmulatorConfig"]
+
+MB = 1024 * 1024
+
+
+class EmulatorConfig(BaseModel):
+    """Behaviour switches and limits of :class:`OpenAIEmulator`.
+
+    Rate limits (synchronous ``/v1/embeddings`` only; batches are a separate pool, as at
+    OpenAI): ``rpm_limit`` requests and ``tpm_limit`` tokens per 60-second sliding window,
+    tier-1 reference figures for text-embedding-3-small; 0 disables enforcement.
+
+    Batch lifecycle: each phase lasts at least its ``batch_*_seconds`` (the real work adds on
+    top). ``batch_outcome`` picks how batches end: ``completed`` (default), ``expired``
+    (only the first ``expire_completed_fraction`` of requests complete, the rest come back
+    with ``batch_expired``) or ``failed`` (validation fails with code ``emulated_failure``).
+
+    Fault injection for ``POST /v1/embeddings``: the next ``fail_next_requests_429``
+    calls get a 429 with ``retry-after: retry_after_seconds``; the next
+    ``fail_next_requests_5xx`` get a 500; ``insufficient_quota`` answers every call with
+    429 ``insufficient_quota``. The counters go down as they fire.
+
+    A batch keeps the config it was created with (timings, outcome, patterns, shuffle);
+    the synchronous endpoint reads the current config on every request.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- auth ---------------------------------------------------------------------------
+    api_key: str | None = Field(
+        default=None,
+        description="If set, the only Bearer key accepted (else any non-empty key is).",
+    )
+
+    # --- synchronous rate limits (reference: tier-1 text-embedding-3-small) ---------------
+    rpm_limit: int = Field(default=3000, ge=0, description="Requests per minute; 0 = off.")
+    tpm_limit: int = Field(default=1_000_000, ge=0, description="Tokens per minute; 0 = off.")
+    remaining_override: dict[str, int] | None = Field(
+        default=None,
+        description=(
+            "Lower the advertised x-ratelimit-remaining-* headers: keys 'requests' and/or "
+            "'tokens'. The smaller of this and the real remaining value is sent."
+        ),
+    )
+
+    # --- per-request limits of /v1/embeddings (reference: Embeddings endpoint) ------------
+    max_inputs_per_request: int = Field(default=2048, ge=1, description="Inputs per request.")
+    max_tokens_per_input: int = Field(default=8192, ge=1, description="Tokens per input.")
+    max_tokens_per_request: int = Field(
+        default=300_000, ge=1, description="Tokens summed over all inputs of one request."
+    )
+
+    # --- files and batches (reference: Files API, Batch API) -----------------------------
+    max_batch_file_bytes: int = Field(
+        default=200 * MB,
+        ge=1,
+        description="Largest purpose=batch upload, bytes (200 MB; OpenAI's message quotes "
+        "209715200, i.e. MiB).",
+    )
+    max_file_bytes: int = Field(default=512 * MB, ge=1, description="Largest upload, bytes.")
+    max_batch_requests: int = Field(default=50_000, ge=1, description="Lines per batch file.")
+    max_batch_inputs: int = Field(
+        default=50_000, ge=1, description="Embedding inputs summed over a batch file."
+    )
+    batch_enqueued_token_limit: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Organisation queue cap in tokens over all unfinished batches (tier 1 is reported "
+            "as 3,000,000 for text-embedding-3-small, unverified); a batch that would pass it "
+            "fails validation with code token_limit_exceeded. 0 = no cap."
+        ),
+    )
+    batch_completion_window_seconds: int = Field(
+        default=24 * 3600, ge=1, description="expires_at = created_at + this (24h window)."
+    )
+
+    # --- batch lifecycle timing, seconds ---------------------------------------------------
+    batch_validating_seconds: float = Field(default=0.2, ge=0)
+    batch_in_progress_seconds: float = Field(default=0.5, ge=0)
+    batch_finalizing_seconds: float = Field(default=0.2, ge=0)
+    batch_cancel_seconds: float = Field(default=0.2, ge=0)
+    batch_workers: int = Field(
+        default=1, ge=1, description="Batches computing embeddings at the same time."
+    )
+
+    # --- batch outcomes --------------------------------------------------------------------
+    batch_outcome: Literal["completed", "expired", "failed"] = "completed"
+    expire_completed_fraction: float = Field(
+        default=0.5, ge=0, le=1, description="Share of requests done when a batch expires."
+    )
+    fail_custom_id_pattern: str | None = Field(
+        default=None,
+        description="Regex; batch requests whose custom_id matches (re.search) fail with 500.",
+    )
+    shuffle_output: bool = Field(
+        default=True, description="Shuffle output/error file lines (OpenAI keeps no order)."
+    )
+    shuffle_seed: int = Field(default=0, description="Seed of the shuffle (random.Random).")
+
+    # --- fault injection for POST /v1/embeddings -----------------------------------------
+    fail_next_requests_429: int = Field(default=0, ge=0)
+    fail_next_requests_5xx: int = Field(default=0, ge=0)
+    retry_after_seconds: float = Field(
+        default=1.0, ge=0, description="retry-after sent with injected 429s, seconds."
+    )
+    insufficient_quota: bool = False
+
+    @field_validator("fail_custom_id_pattern")
+    @classmethod
+    def _valid_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {value!r}: {exc}") from exc
+        return value
+
+    @field_validator("remaining_override")
+    @classmethod
+    def _valid_override(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        if value is not None and not set(value) <= {"requests", "tokens"}:
+            raise ValueError("remaining_override keys must be 'requests' and/or 'tokens'")
+        return value

@@ -1,0 +1,119 @@
+"""Files of the emulator: metadata in memory, contents on disk under ``data_dir/files``.
+
+File objects follow the openai SDK's ``FileObject`` type (``id`` ``file-...``, ``object``
+``"file"``, ``bytes``, ``created_at`` in Unix seconds, ``filename``, ``purpose``,
+``status`` ``"processed"``). Metadata is not persisted: a restarted emulator starts empty.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import new_id
+
+__all__ = ["FileStore", "StoredFile"]
+
+#: Purposes the SDK's FileObject accepts; uploads may use the first six.
+UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+#: Batch files (input and output) expire after 30 days (reference: Files API).
+BATCH_FILE_TTL_SECONDS = 30 * 24 * 3600
+
+
+@dataclass
+class StoredFile:
+    """One file: metadata plus where its bytes live."""
+
+    id: str
+    filename: str
+    purpose: str
+    bytes: int
+    created_at: int
+    path: Path
+    expires_at: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": self.bytes,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
+            "status_details": None,
+        }
+
+
+class FileStore:
+    """Thread-safe registry of :class:`StoredFile` with contents under ``root``.
+
+    Contents live in ``root/files/<file id>``; uploads and batch output are assembled in
+    ``root/tmp``. Both sub-directories are emptied when the store is created (only they are
+    touched, never anything else under ``root``).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.files_dir = root / "files"
+        self.tmp_dir = root / "tmp"
+        self._lock = threading.Lock()
+        self._files: dict[str, StoredFile] = {}
+        # Metadata is not persisted, so contents left by an earlier run are unreachable:
+        # start from empty directories.
+        self.clear()
+
+    def new_tmp_path(self, suffix: str = "") -> Path:
+        """A fresh path in the scratch directory (not created)."""
+        return self.tmp_dir / (new_id("tmp-") + suffix)
+
+    def adopt(self, tmp_path: Path, filename: str, purpose: str) -> StoredFile:
+        """Register ``tmp_path`` (moved into the store) as a new file."""
+        file_id = new_id("file-")
+        dest = self.files_dir / file_id
+        tmp_path.replace(dest)
+        now = int(time.time())
+        expires = now + BATCH_FILE_TTL_SECONDS if purpose.startswith("batch") else None
+        stored = StoredFile(file_id, filename, purpose, dest.stat().st_size, now, dest, expires)
+        with self._lock:
+            self._files[file_id] = stored
+        return stored
+
+    def get(self, file_id: str) -> StoredFile | None:
+        with self._lock:
+            return self._files.get(file_id)
+
+    def list_files(self, purpose: str | None = None) -> list[StoredFile]:
+        """All files, newest first (ties: most recently added first)."""
+        with self._lock:
+            files = list(self._files.values())
+        files.reverse()
+        if purpose:
+            files = [f for f in files if f.purpose == purpose]
+        files.sort(key=lambda f: f.created_at, reverse=True)
+        return files
+
+    def delete(self, file_id: str) -> bool:
+        with self._lock:
+            stored = self._files.pop(file_id, None)
+        if stored is None:
+            return False
+        stored.path.unlink(missing_ok=True)
+        return True
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._files)
+
+    def clear(self) -> None:
+        """Forget every file and empty the files and scratch directories."""
+        with self._lock:
+            self._files.clear()
+        for d in (self.files_dir, self.tmp_dir):
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,43 @@
+"""Shared fixtures: a real Postgres (pgserver) and the local stack (moto + emulator)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples" / "python-tutorial"
+
+
+@pytest.fixture(scope="session")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """BATCH_EMBEDDER_HOME for the whole test session (pgserver's data dir lives here)."""
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="session")
+def database_url(home: Path) -> str:
+    """A real PostgreSQL 16 + pgvector (pgserver), started once per session."""
+    from batch_embedder_local.postgres import local_database_url
+
+    return local_database_url(home)
+
+
+@pytest.fixture()
+def db(database_url: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+    """An autocommit connection for assertions."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="module")
+def stack(home: Path, database_url: str) -> Iterator[Any]:
+    """The local stack built from template.yaml, running the real ASL and handlers."""
+    from batch_embedder_local.stack import LocalStack
+
+    with LocalStack(home, log_file=home / "lambda.log") as s:
+        yield s

@@ -1,0 +1,98 @@
+"""template.yaml and the ASL file: linters, our own ASL reference check, least privilege."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from batch_embedder_local.asl_check import check_file, check_states, check_template
+from batch_embedder_local.template import load_template
+from tests.conftest import ROOT
+
+ASL = ROOT / "statemachine" / "embed_document.asl.json"
+
+
+def tool(name: str) -> str:
+    """The tool from the project's tool venv (.tools, made by `make tools`) or PATH."""
+    for candidate in (ROOT / ".tools" / "bin" / name, Path(sys.prefix) / "bin" / name):
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} is not installed: run `make tools`")
+    return found
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SAM_CLI_TELEMETRY": "0"}
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_sam_validate_lint() -> None:
+    proc = run(tool("sam"), "validate", "--lint", "--region", "us-east-1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "is a valid SAM Template" in proc.stdout + proc.stderr
+
+
+def test_cfn_lint() -> None:
+    proc = run(tool("cfn-lint"), "template.yaml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_asl_targets_exist_and_every_task_retries_and_catches() -> None:
+    assert check_template() == []
+
+
+def test_asl_check_catches_a_dangling_next(tmp_path: Path) -> None:
+    machine = json.loads(ASL.read_text())
+    machine["States"]["BudgetCheck"]["Next"] = "BuildAndUploadJsonI"  # a typo
+    del machine["States"]["ChunkAndEstimate"]["Retry"]
+    problems = check_states(machine)
+    assert "BudgetCheck: target 'BuildAndUploadJsonI' is not a state" in problems
+    assert "ChunkAndEstimate: Lambda Task without Retry" in problems
+    broken = tmp_path / "broken.asl.json"
+    broken.write_text(json.dumps(machine).replace("${PollBatchFunctionArn}", "${PollBatchFnArn}"))
+    subs = set(
+        load_template()["Resources"]["EmbedDocumentStateMachine"]["Properties"][
+            "DefinitionSubstitutions"
+        ]
+    )
+    found = check_file(broken, subs)
+    assert "${PollBatchFnArn} has no DefinitionSubstitutions entry" in found
+    assert "substitution PollBatchFunctionArn is never used" in found
+
+
+def test_every_fail_state_is_named_for_users() -> None:
+    states = json.loads(ASL.read_text())["States"]
+    fails = {n for n, s in states.items() if s["Type"] == "Fail"}
+    assert {"InvalidDocument", "BudgetExceeded", "BatchFailed", "BatchExpired", "BatchCancelled",
+            "EmbeddingsIncomplete", "PipelineError"} <= fails  # fmt: skip
+
+
+def test_functions_have_least_privilege_policies() -> None:
+    resources = load_template()["Resources"]
+    functions = {k: v for k, v in resources.items() if v["Type"] == "AWS::Serverless::Function"}
+    assert len(functions) == 8
+    for name, fn in functions.items():
+        text = json.dumps(fn["Properties"].get("Policies", []))
+        assert "FullAccess" not in text and '"*"' not in text, name
+        assert "DynamoDBCrudPolicy" not in text and "S3CrudPolicy" not in text, name
+    # Only the writer reads the database secret.
+    readers = [n for n, fn in functions.items() if "DatabaseUrlSecret" in json.dumps(fn)]
+    assert readers == ["FetchAndWriteFunction"]
+
+
+def test_bucket_is_private_encrypted_tls_only_and_sends_events() -> None:
+    resources = load_template()["Resources"]
+    bucket = resources["DocumentsBucket"]["Properties"]
+    assert bucket["NotificationConfiguration"]["EventBridgeConfiguration"]["EventBridgeEnabled"]
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    assert bucket["BucketEncryption"]
+    policy = json.dumps(resources["DocumentsBucketPolicy"]["Properties"])
+    assert "aws:SecureTransport" in policy and '"Deny"' in policy

@@ -1,0 +1,219 @@
+"""The whole workflow on the local stack: real ASL, real handlers, moto, pgserver, emulator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import psycopg
+import pytest
+
+from batch_embedder.aws import budget
+from batch_embedder.tokenizer import count_tokens
+from tests.conftest import SAMPLES
+
+pytestmark = pytest.mark.integration
+
+HAPPY_PATH = [
+    "ReadUploadEvent", "ChunkAndEstimate", "BudgetCheck", "BuildAndUploadJsonl", "CreateBatch",
+    "WaitForBatch", "PollBatch", "BatchStatus",
+]  # fmt: skip
+SAMPLE_FILES = ["appetite.rst.txt", "controlflow.rst.txt", "errors.rst.txt", "venv.rst.txt"]
+
+
+def rows(db: psycopg.Connection[tuple[Any, ...]], key: str) -> list[tuple[Any, ...]]:
+    return db.execute(
+        "SELECT id, chunk_index, content_sha256, token_count, text, embedding::text "
+        "FROM batch_embedder.chunks WHERE source_key = %s ORDER BY chunk_index",
+        (key,),
+    ).fetchall()
+
+
+def counter(stack: Any) -> dict[str, int]:
+    import os
+
+    return budget.get_counter(os.environ["USAGE_TABLE"], budget.utc_day())
+
+
+@pytest.fixture()
+def emulator(stack: Any) -> Iterator[Any]:
+    """The emulator, its switches put back after the test."""
+    before = stack.emulator.config.model_dump()
+    yield stack.emulator
+    stack.emulator.update_config(**before)
+
+
+@pytest.fixture(scope="module")
+def ingested(stack: Any) -> list[Any]:
+    files = [(f"tutorial/{name}", (SAMPLES / name).read_bytes()) for name in SAMPLE_FILES]
+    return stack.ingest(files, timeout=600)
+
+
+def test_every_execution_succeeds_through_the_named_states(ingested: list[Any]) -> None:
+    for result in ingested:
+        assert result.status == "SUCCEEDED", (result.key, result.failed_state, result.cause)
+        assert result.states[: len(HAPPY_PATH)] == HAPPY_PATH
+        assert result.states[-3:] == ["FetchAndWrite", "RecordCost", "Embedded"]
+
+
+def test_rows_in_pgvector_equal_chunks_and_tokens_match_tiktoken(
+    ingested: list[Any], db: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    for result in ingested:
+        stored = rows(db, result.key)
+        assert len(stored) == result.output["chunks"] == result.output["vectors_written"] > 0
+        assert [r[1] for r in stored] == list(range(len(stored)))
+        # Billed tokens (the emulator's usage) equal tiktoken's count of the stored chunks.
+        assert result.output["billed_tokens"] == sum(count_tokens(r[4]) for r in stored)
+        assert result.output["billed_tokens"] == sum(r[3] for r in stored)
+        dims = db.execute(
+            "SELECT DISTINCT vector_dims(embedding), dimensions, model "
+            "FROM batch_embedder.chunks WHERE source_key = %s",
+            (result.key,),
+        ).fetchall()
+        assert dims == [(1536, 1536, "text-embedding-3-small")]
+
+
+def test_cost_record_and_dynamodb_counters(stack: Any, ingested: list[Any]) -> None:
+    import os
+
+    billed = sum(r.output["billed_tokens"] for r in ingested)
+    c = counter(stack)
+    assert c["reserved_tokens"] == 0  # every reservation settled
+    assert c["committed_tokens"] >= billed
+    assert c["held_tokens"] == c["committed_tokens"]
+    ddb = boto3.resource("dynamodb").Table(os.environ["USAGE_TABLE"])
+    for result in ingested:
+        job_id = result.output["job_id"]
+        record = ddb.get_item(Key={"pk": f"ledger#{budget.utc_day()}", "sk": job_id})["Item"]
+        assert int(record["tokens"]) == result.output["billed_tokens"]
+        assert float(record["cost_usd"]) == pytest.approx(int(record["tokens"]) * 0.01 / 1e6)
+        assert float(record["standard_cost_usd"]) == pytest.approx(
+            int(record["tokens"]) * 0.02 / 1e6
+        )
+        assert float(record["saved_usd"]) == pytest.approx(float(record["cost_usd"]))
+        job = (
+            boto3.resource("dynamodb")
+            .Table(os.environ["JOBS_TABLE"])
+            .get_item(Key={"job_id": job_id})["Item"]
+        )
+        assert job["status"] == "SUCCEEDED" and job["reservation_state"] == "committed"
+
+
+def test_same_file_twice_leaves_the_same_rows(
+    stack: Any, ingested: list[Any], db: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    key = ingested[0].key
+    before = rows(db, key)
+    [again] = stack.ingest([(key, (SAMPLES / SAMPLE_FILES[0]).read_bytes())], timeout=300)
+    assert again.status == "SUCCEEDED"
+    assert rows(db, key) == before  # same ids, content, vectors
+    # The re-upload is a new S3 version: the rows now point at it.
+    versions = db.execute(
+        "SELECT DISTINCT source_version FROM batch_embedder.chunks WHERE source_key = %s", (key,)
+    ).fetchall()
+    assert len(versions) == 1 and versions[0][0] != ingested[0].output.get("version_id")
+
+
+def test_budget_exceeded_sends_nothing_and_reserves_nothing(
+    stack: Any, emulator: Any, db: psycopg.Connection[tuple[Any, ...]], monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("DAILY_TOKEN_LIMIT", "100")
+    files_before = emulator.stats()["files"]
+    held_before = counter(stack)["held_tokens"]
+    [result] = stack.ingest(
+        [("big/controlflow.rst.txt", (SAMPLES / "controlflow.rst.txt").read_bytes())]
+    )
+    assert result.status == "FAILED"
+    assert result.failed_state == "BudgetExceeded"
+    assert result.error == "BudgetExceededError"
+    assert "big/controlflow.rst.txt" in result.cause and "tokens" in result.cause
+    assert "remain" in result.cause
+    assert "BuildAndUploadJsonl" not in result.states
+    assert emulator.stats()["files"] == files_before
+    assert counter(stack)["held_tokens"] == held_before
+    assert rows(db, "big/controlflow.rst.txt") == []
+
+
+@pytest.mark.parametrize(
+    ("switch", "failed_state"),
+    [({"batch_outcome": "failed"}, "BatchFailed"), ({"batch_outcome": "expired"}, "BatchExpired")],
+)
+def test_failed_and_expired_batches_release_the_reservation(
+    stack: Any,
+    emulator: Any,
+    db: psycopg.Connection[tuple[Any, ...]],
+    switch: dict[str, Any],
+    failed_state: str,
+    monkeypatch: Any,
+) -> None:
+    emulator.update_config(**switch)
+    monkeypatch.setenv(
+        "BATCH_INPUTS_PER_REQUEST", "2"
+    )  # several lines: an expired batch keeps some
+    key = f"{failed_state}/errors.rst.txt"
+    before = counter(stack)
+    billed_before = emulator.stats()["batch_billed_tokens"]
+    [result] = stack.ingest([(key, (SAMPLES / "errors.rst.txt").read_bytes())], timeout=300)
+    assert result.status == "FAILED"
+    assert result.failed_state == failed_state
+    assert key in result.cause
+    assert rows(db, key) == []
+    after = counter(stack)
+    assert after["reserved_tokens"] == before["reserved_tokens"] == 0
+    # What the batch billed anyway (an expired batch's finished part) is committed, no more.
+    billed = emulator.stats()["batch_billed_tokens"] - billed_before
+    assert after["committed_tokens"] - before["committed_tokens"] == billed
+    if failed_state == "BatchExpired":
+        assert billed > 0
+
+
+def test_failed_lines_fail_clearly_with_counts(
+    stack: Any, emulator: Any, db: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    emulator.update_config(fail_custom_id_pattern=r":0-")
+    key = "lines/errors.rst.txt"
+    [result] = stack.ingest([(key, (SAMPLES / "errors.rst.txt").read_bytes())], timeout=300)
+    assert result.status == "FAILED"
+    assert result.failed_state == "EmbeddingsIncomplete"
+    assert "1 request(s) in the error file" in result.cause
+    assert rows(db, key) == []
+    assert counter(stack)["reserved_tokens"] == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "body", "reason"),
+    [
+        ("bad/empty.txt", b"", "empty"),
+        ("bad/binary.txt", b"\x00\x01\x02PNG\x00" * 50, "binary"),
+        ("bad/latin1.txt", "café crème brûlée".encode("latin-1"), "UTF-8"),
+        ("bad/report.pdf", b"%PDF-1.4 some text", "extension"),
+    ],
+)
+def test_bad_input_ends_in_invalid_document(
+    stack: Any, db: psycopg.Connection[tuple[Any, ...]], key: str, body: bytes, reason: str
+) -> None:
+    before = counter(stack)
+    [result] = stack.ingest([(key, body)], timeout=120)
+    assert result.status == "FAILED"
+    assert result.failed_state == "InvalidDocument"
+    assert key in result.cause and reason in result.cause
+    assert rows(db, key) == []
+    assert counter(stack) == before
+
+
+def test_file_over_the_size_limit(stack: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("MAX_DOCUMENT_BYTES", "1000")
+    [result] = stack.ingest([("bad/big.txt", b"word " * 1000)], timeout=120)
+    assert result.failed_state == "InvalidDocument"
+    assert "bad/big.txt" in result.cause and "5000 bytes" in result.cause
+
+
+@pytest.mark.parametrize(
+    "key", ["odd keys/with space.md", "odd/ünïcødé 文档.txt", "odd/100%+a=b.txt"]
+)
+def test_odd_keys_succeed(stack: Any, db: psycopg.Connection[tuple[Any, ...]], key: str) -> None:
+    [result] = stack.ingest([(key, b"A short note about tokens and batches.\n\nSecond paragraph.")])
+    assert result.status == "SUCCEEDED", result.cause
+    assert len(rows(db, key)) == result.output["chunks"] == 1

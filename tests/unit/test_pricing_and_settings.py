@@ -1,0 +1,54 @@
+"""The price table and the settings model."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from pydantic import ValidationError
+
+from batch_embedder import pricing
+from batch_embedder.settings import Settings, request_dimensions
+
+
+def test_batch_is_half_the_standard_price() -> None:
+    for model, price in pricing.PRICES.items():
+        assert price.batch * 2 == price.standard, model
+    cost = pricing.breakdown("text-embedding-3-small", 1_000_000)
+    assert (cost.batch_usd, cost.standard_usd, cost.saved_usd) == (
+        Decimal("0.01"), Decimal("0.02"), Decimal("0.01"),
+    )  # fmt: skip
+
+
+def test_price_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRICE_OVERRIDES", '{"my-model": {"standard": 1, "batch": 0.4}}')
+    assert pricing.breakdown("my-model", 2_000_000).batch_usd == Decimal("0.8")
+    monkeypatch.delenv("PRICE_OVERRIDES")
+    with pytest.raises(KeyError, match="PRICE_OVERRIDES"):
+        pricing.price_for("my-model")
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHUNK_TOKENS", "256")
+    monkeypatch.setenv("EMBEDDING_DIMENSIONS", "512")
+    s = Settings()
+    assert s.chunk_tokens == 256 and s.dimensions == 512
+    assert request_dimensions(s.embedding_model, s.dimensions) == 512
+    assert request_dimensions("text-embedding-3-small", 1536) is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CHUNK_TOKENS": "9000"}, "chunk_tokens"),
+        ({"CHUNK_TOKENS": "100", "CHUNK_OVERLAP_TOKENS": "100"}, "CHUNK_OVERLAP_TOKENS"),
+        ({"EMBEDDING_DIMENSIONS": "2000"}, "native"),
+    ],
+)
+def test_bad_settings_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValidationError, match=message):
+        Settings()
