@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ def local_database_url(home: Path) -> str:
     """
     if os.environ.get("DATABASE_URL"):
         return os.environ["DATABASE_URL"]
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     try:
         import pgserver
     except ImportError as exc:

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -140,6 +141,8 @@ class LocalStack:
         from batch_embedder.aws import clients, dynamodb
 
         self.home.mkdir(parents=True, exist_ok=True)
+        # Handlers that emit no metric (PollBatch...) make Powertools warn on every call.
+        warnings.filterwarnings("ignore", message="No application metrics to publish")
         self._saved_env = dict(os.environ)
         os.environ.update(
             AWS_DEFAULT_REGION=REGION,

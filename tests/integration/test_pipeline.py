@@ -217,3 +217,18 @@ def test_odd_keys_succeed(stack: Any, db: psycopg.Connection[tuple[Any, ...]], k
     [result] = stack.ingest([(key, b"A short note about tokens and batches.\n\nSecond paragraph.")])
     assert result.status == "SUCCEEDED", result.cause
     assert len(rows(db, key)) == result.output["chunks"] == 1
+
+
+def test_search_finds_the_document_a_sentence_was_taken_from(
+    home: Any, ingested: list[Any]
+) -> None:
+    from batch_embedder_local.search import search_local
+
+    sentence = (
+        "The with statement allows objects like files to be used in a way that ensures "
+        "they are always cleaned up promptly and correctly."
+    )
+    hits = search_local(sentence, k=3, home=home)
+    assert hits[0].key == "tutorial/errors.rst.txt"
+    assert sentence.split(" statement")[1][:40] in " ".join(hits[0].text.split())
+    assert hits[0].score > hits[-1].score
