@@ -26,8 +26,10 @@ HANDLERS: dict[str, tuple[str, type[BaseModel]]] = {
     "record_failure.json": ("RecordFailureFunction", models.FailureInput),
 }
 #: Values that differ between runs (ids minted by S3/OpenAI, the UTC day, poll timing).
-VOLATILE = {"version_id", "file_id", "batch_id", "input_file_id", "output_file_id",
-            "error_file_id", "day", "poll", "status", "completed_requests", "total_requests"}  # fmt: skip
+VOLATILE = {
+    "version_id", "file_id", "batch_id", "input_file_id", "output_file_id", "error_file_id",
+    "day", "poll", "status", "completed_requests", "total_requests",
+}  # fmt: skip
 
 
 def load(name: str) -> Any:
