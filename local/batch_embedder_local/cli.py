@@ -1,14 +1,17 @@
-"""``batch-embedder``: the command line of the local stack (and, later, of the ledger).
+"""``batch-embedder``: the command line of the local stack and of the cost ledger.
 
 - ``batch-embedder local ingest PATH...``: upload files, run one execution per file.
 - ``batch-embedder local search "query"``: nearest chunks in pgvector.
+- ``batch-embedder local costs``: what the local runs cost and saved, per day and model.
 - ``batch-embedder local openai-server --port N``: the OpenAI-compatible emulator alone.
+- ``batch-embedder costs --stack-name NAME``: the same report for a deployed stack.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -182,6 +185,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_local_costs(args: argparse.Namespace) -> int:
+    """``batch-embedder local costs``: the ledger the local runs kept in BATCH_EMBEDDER_HOME."""
+    from . import costs
+
+    home = Path(args.home) if args.home else default_home()
+    with LocalStack(home, compute=False) as stack:
+        os.environ["USAGE_TABLE"] = stack.refs["UsageTable"]
+        return costs.main(args)
+
+
 def cmd_openai_server(args: argparse.Namespace) -> int:
     """Run the OpenAI-compatible emulator in the foreground."""
     from .openai_server.server import main as server_main
@@ -231,6 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--home")
     search.add_argument("--openai", choices=["emulator", "openai"], default="emulator")
     search.set_defaults(func=cmd_search)
+
+    from . import costs
+
+    local_costs = lsub.add_parser("costs", help="costs and savings of local runs, per day/model")
+    costs.add_arguments(local_costs)
+    local_costs.add_argument("--home")
+    local_costs.set_defaults(func=cmd_local_costs)
+
+    aws_costs = sub.add_parser(
+        "costs", help="costs and savings of a deployed stack (--stack-name or --table)"
+    )
+    costs.add_arguments(aws_costs)
+    aws_costs.set_defaults(func=costs.main)
 
     server = lsub.add_parser("openai-server", help="run the OpenAI-compatible emulator")
     server.add_argument("--port", type=int, default=8787)

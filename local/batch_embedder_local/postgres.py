@@ -48,6 +48,7 @@ def local_database_url(home: Path) -> str:
             "DATABASE_URL to a Postgres with pgvector."
         ) from exc
     datadir = (home / "pgdata").resolve()
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     key = str(datadir)
     if key not in _servers:
         fresh = not (datadir / "PG_VERSION").exists()

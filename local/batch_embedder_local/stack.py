@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import sys
 import time
@@ -19,6 +20,7 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,9 @@ class LocalStack:
         openai: ``"emulator"`` (default: the project's server on 127.0.0.1) or ``"openai"``
             (``OPENAI_API_KEY`` from the environment, api.openai.com).
         log_file: where Lambda logs and metrics (stdout of the handlers) go; None keeps stdout.
+        persist: keep the DynamoDB tables (budgets, ledger, jobs) in ``home/dynamodb.json``
+            between runs, as a deployed table would be (moto itself forgets on exit).
+        compute: start Postgres and the OpenAI emulator (False for ``local costs``).
     """
 
     def __init__(
@@ -104,6 +109,8 @@ class LocalStack:
         openai: str = "emulator",
         emulator_config: dict[str, Any] | None = None,
         log_file: Path | None = None,
+        persist: bool = True,
+        compute: bool = True,
     ) -> None:
         self.home = (home or default_home()).resolve()
         self.template = load_template()
@@ -115,6 +122,8 @@ class LocalStack:
         self.openai_mode = openai
         self.emulator_config = emulator_config or {}
         self.log_file = log_file
+        self.persist = persist
+        self.compute = compute
         self.adapter = LambdaAdapter()
         self.refs: dict[str, str] = {}
         self.attrs: dict[str, dict[str, str]] = {}
@@ -141,6 +150,8 @@ class LocalStack:
         from batch_embedder.aws import clients, dynamodb
 
         self.home.mkdir(parents=True, exist_ok=True)
+        # moto logs every failed execution's Fail state at ERROR; the results say it better.
+        logging.getLogger("moto").setLevel(logging.CRITICAL)
         # Handlers that emit no metric (PollBatch...) make Powertools warn on every call.
         warnings.filterwarnings("ignore", message="No application metrics to publish")
         self._saved_env = dict(os.environ)
@@ -153,8 +164,10 @@ class LocalStack:
         os.environ.update(MOTO_CREDENTIALS)
         for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
             os.environ.pop(name, None)
-        self.database_url = local_database_url(self.home)
-        openai_key, base_url = self._start_openai()
+        openai_key, base_url = "", ""
+        if self.compute:
+            self.database_url = local_database_url(self.home)
+            openai_key, base_url = self._start_openai()
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._saved_stdout = sys.stdout
@@ -167,9 +180,58 @@ class LocalStack:
         self.adapter.install()
         self._remove_lock = install_dynamodb_request_lock()
         self._create_resources(openai_key, base_url)
+        if self.persist:
+            self._restore_tables()
+
+    @property
+    def state_file(self) -> Path:
+        """Where the DynamoDB tables are kept between runs."""
+        return self.home / "dynamodb.json"
+
+    def _tables(self) -> dict[str, str]:
+        return {
+            logical: self.refs[logical]
+            for logical, res in self.template["Resources"].items()
+            if res["Type"] == "AWS::DynamoDB::Table"
+        }
+
+    def _restore_tables(self) -> None:
+        if not self.state_file.exists():
+            return
+        from batch_embedder.aws.dynamodb import ddb
+
+        saved = json.loads(self.state_file.read_text(encoding="utf-8"), parse_float=Decimal)
+        for logical, name in self._tables().items():
+            items = saved.get(logical, [])
+            for start in range(0, len(items), 25):
+                ddb().batch_write_item(
+                    RequestItems={
+                        name: [{"PutRequest": {"Item": i}} for i in items[start : start + 25]]
+                    }
+                )
+
+    def _save_tables(self) -> None:
+        from batch_embedder.aws.dynamodb import ddb
+
+        state: dict[str, list[dict[str, Any]]] = {}
+        for logical, name in self._tables().items():
+            items: list[dict[str, Any]] = []
+            kwargs: dict[str, Any] = {"TableName": name}
+            while True:
+                page = ddb().scan(**kwargs)
+                items.extend(page.get("Items", []))
+                if "LastEvaluatedKey" not in page:
+                    break
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+            state[logical] = items
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, default=_json_number), encoding="utf-8")
+        tmp.replace(self.state_file)
 
     def stop(self) -> None:
-        """Stop everything and restore the environment."""
+        """Stop everything (saving the tables first) and restore the environment."""
+        if self.persist and self._mock is not None:
+            self._save_tables()
         self.adapter.uninstall()
         if self._remove_lock is not None:
             self._remove_lock()
@@ -264,7 +326,8 @@ class LocalStack:
             ("OpenAIApiKeySecret", openai_key),
             ("DatabaseUrlSecret", self.database_url),
         ):
-            secrets.put_secret_value(SecretId=self.refs[logical], SecretString=value)
+            if value:
+                secrets.put_secret_value(SecretId=self.refs[logical], SecretString=value)
 
         globals_fn = self.template.get("Globals", {}).get("Function", {})
         env = dict(resolver.resolve(globals_fn.get("Environment", {}).get("Variables", {})))
@@ -492,6 +555,15 @@ class LocalStack:
         for key, body in files:
             started[self.start_execution(self.upload(key, body))] = key
         return self.wait(started, **wait_kwargs)
+
+
+def _json_number(value: Any) -> Any:
+    """JSON for DynamoDB's Decimal numbers (ints stay ints); sets become lists."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, set):
+        return sorted(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _placeholder_zip() -> bytes:

@@ -78,7 +78,7 @@ def test_every_fail_state_is_named_for_users() -> None:
 def test_functions_have_least_privilege_policies() -> None:
     resources = load_template()["Resources"]
     functions = {k: v for k, v in resources.items() if v["Type"] == "AWS::Serverless::Function"}
-    assert len(functions) == 8
+    assert len(functions) == 9
     for name, fn in functions.items():
         text = json.dumps(fn["Properties"].get("Policies", []))
         assert "FullAccess" not in text and '"*"' not in text, name

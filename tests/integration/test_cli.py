@@ -45,6 +45,15 @@ def test_ingest_json_then_search(tmp_path: Path) -> None:
     assert out["seconds"] > 0
     assert "finished" in proc.stderr  # live progress went to stderr, JSON alone to stdout
 
+    # The ledger outlives the run: `local costs` reads what the ingest recorded.
+    report = cli("local", "costs", "--json", home=tmp_path / "home")
+    assert report.returncode == 0, report.stderr
+    total = json.loads(report.stdout)["total"]
+    assert int(total["tokens"]) == totals["tokens"]
+    assert int(total["jobs"]) == 2  # the pdf billed nothing, so it has no ledger record
+    assert float(total["cost_usd"]) == pytest.approx(totals["cost_usd"])
+    assert float(total["saved_pct"]) == pytest.approx(50.0)
+
     found = cli("local", "search", "Python virtual environments created with venv", "--json",
                 "-k", "2", home=tmp_path / "home")  # fmt: skip
     assert found.returncode == 0, found.stderr

@@ -16,7 +16,8 @@ from tests.conftest import SAMPLES
 pytestmark = pytest.mark.integration
 
 HAPPY_PATH = [
-    "ReadUploadEvent", "ChunkAndEstimate", "BudgetCheck", "BuildAndUploadJsonl", "CreateBatch",
+    "ReadUploadEvent", "ChunkAndEstimate", "BudgetCheck", "BudgetReserved", "BuildAndUploadJsonl",
+    "CreateBatch",
     "WaitForBatch", "PollBatch", "BatchStatus",
 ]  # fmt: skip
 SAMPLE_FILES = ["appetite.rst.txt", "controlflow.rst.txt", "errors.rst.txt", "venv.rst.txt"]
@@ -33,7 +34,9 @@ def rows(db: psycopg.Connection[tuple[Any, ...]], key: str) -> list[tuple[Any, .
 def counter(stack: Any) -> dict[str, int]:
     import os
 
-    return budget.get_counter(os.environ["USAGE_TABLE"], budget.utc_day())
+    return budget.get_counter(
+        os.environ["USAGE_TABLE"], budget.utc_day(), "model:text-embedding-3-small"
+    )
 
 
 @pytest.fixture()

@@ -32,21 +32,32 @@ class BudgetExceededError(BatchEmbedderError):
     Attributes:
         requested_tokens: tokens the job asked to reserve.
         remaining_tokens: tokens still free under the limit when it asked.
-        limit_tokens: the daily limit (``DAILY_TOKEN_LIMIT``).
+        limit_tokens: the daily limit of that scope (``DAILY_TOKEN_LIMIT`` for a model,
+            ``PREFIX_TOKEN_LIMITS`` for a prefix).
         day: the UTC day, ``YYYY-MM-DD``.
+        scope: which counter was full, e.g. ``model:text-embedding-3-small``.
     """
 
     def __init__(
-        self, *, key: str, requested_tokens: int, remaining_tokens: int, limit_tokens: int, day: str
+        self,
+        *,
+        key: str,
+        requested_tokens: int,
+        remaining_tokens: int,
+        limit_tokens: int,
+        day: str,
+        scope: str = "",
     ) -> None:
         self.key = key
         self.requested_tokens = requested_tokens
         self.remaining_tokens = remaining_tokens
         self.limit_tokens = limit_tokens
         self.day = day
+        self.scope = scope
+        where = f" of {scope}" if scope else ""
         super().__init__(
             f"{key}: needs {requested_tokens} tokens but only {remaining_tokens} of the "
-            f"{limit_tokens}-token daily limit remain for {day} (UTC)"
+            f"{limit_tokens}-token daily limit{where} remain for {day} (UTC)"
         )
 
 

@@ -6,7 +6,8 @@ state payload stays small: chunks and request lines live in S3 (Step Functions c
 payload at 256 KB).
 
 Flow: ``ChunkRequest`` -> ChunkAndEstimate -> ``ChunkedJob`` -> BudgetCheck ->
-``ReservedJob`` -> BuildAndUploadJsonl -> ``UploadedJob`` -> CreateBatch ->
+``BudgetDecision`` (= ``ReservedJob`` once reserved) -> BuildAndUploadJsonl ->
+``UploadedJob`` -> CreateBatch ->
 ``SubmittedJob`` -> (Wait, PollBatch -> ``SubmittedJob``)* -> FetchAndWrite ->
 ``WrittenJob`` -> RecordCost -> ``JobSummary``. Any failure -> RecordFailure
 (``FailureInput``) -> ``FailureOutcome``.
@@ -88,8 +89,16 @@ class Reservation(Contract):
     tokens: int = Field(ge=0)
 
 
+class BudgetDecision(ChunkedJob):
+    """Output of BudgetCheck: a reservation, or (``BUDGET_EXCEEDED_ACTION=wait``) how long
+    to wait for the next UTC day before asking again."""
+
+    reservation: Reservation | None = None
+    budget_wait_seconds: int = Field(default=0, ge=0)
+
+
 class ReservedJob(ChunkedJob):
-    """Output of BudgetCheck."""
+    """Input of BuildAndUploadJsonl: a job holding its reservation."""
 
     reservation: Reservation
 
@@ -204,6 +213,13 @@ FailedState = Literal[
     "EmbeddingsIncomplete",
     "PipelineError",
 ]
+
+
+class SweepResult(Contract):
+    """Output of SweepReservations: reservations of crashed executions given back."""
+
+    released_jobs: list[str]
+    released_tokens: int = Field(ge=0)
 
 
 class FailureOutcome(Contract):

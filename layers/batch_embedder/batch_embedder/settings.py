@@ -7,6 +7,8 @@ them from the same template with local overrides.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -50,8 +52,17 @@ class Settings(BaseSettings):
     #: lose less to one failed request and let an expired batch keep more finished work.
     batch_inputs_per_request: int = Field(default=2048, ge=1, le=2048)
 
-    # Budget (tokens per UTC day, all jobs of this deployment together)
+    # Budgets (tokens per UTC day)
+    #: Limit of each model's daily counter (all jobs of that model together).
     daily_token_limit: int = Field(default=50_000_000, ge=0)
+    #: Extra limits per S3 key prefix (a project/tenant), JSON: ``{"tenant-a/": 1000000}``.
+    #: A job under a prefix is charged to the prefix's counter too.
+    prefix_token_limits: dict[str, int] = Field(default_factory=dict)
+    #: What an over-budget job does: end in BudgetExceeded, or wait for the next UTC day.
+    budget_exceeded_action: Literal["fail", "wait"] = "fail"
+    #: Seconds a reservation may stay held before the sweep releases it (crashed runs);
+    #: longer than the Batch API's 24 h completion window.
+    reservation_hold_seconds: int = Field(default=26 * 3600, ge=60)
 
     # Polling the batch (seconds). The wait doubles from initial to max.
     poll_initial_wait_seconds: int = Field(default=30, ge=0)

@@ -1,16 +1,19 @@
-"""Daily token budget in DynamoDB: reservations before spend, commit or release after.
+"""Daily token budgets in DynamoDB: reservations before spend, commit or release after.
 
-Items of the usage table (``USAGE_TABLE``, key ``pk``/``sk``):
+A job is charged to one or more *scopes* (its model; the S3 prefixes that have their own
+limit), each a counter per UTC day in the usage table (``USAGE_TABLE``, key ``pk``/``sk``):
 
-- ``pk = "budget#all"``, ``sk = "YYYY-MM-DD"`` (UTC day): ``held_tokens`` (reserved +
-  committed: what the limit is checked against), ``reserved_tokens``, ``committed_tokens``,
+- ``pk = "budget#<scope>"``, ``sk = "YYYY-MM-DD"``: ``held_tokens`` (reserved + committed:
+  what the limit is checked against), ``reserved_tokens``, ``committed_tokens``,
   ``limit_tokens``, ``expires_at`` (epoch seconds, the table's TTL attribute).
 
 The job's own item (``JOBS_TABLE``, key ``job_id``) records its reservation
-(``reservation_state`` = held | committed | released, ``reserved_tokens``,
-``reservation_day``), so that a Lambda retry never reserves or releases twice: every
-change is one ``TransactWriteItems`` over the job item and the day's counter, with a
-condition on each.
+(``reservation_state`` = held | committed | released | swept, ``reserved_tokens``,
+``reservation_day``, ``budget_scopes``) and, while held, ``held_shard``/``held_until``:
+the keys of the sparse ``HeldReservations`` index the sweep reads to release reservations
+that crashed executions left behind. Every change is one ``TransactWriteItems`` over the
+job item and the scopes' counters, with a condition on each, so a Lambda retry never
+reserves or releases twice and concurrent executions never pass a limit together.
 
 DynamoDB conditions cannot add, so "held + requested <= limit" is checked as
 ``held <= limit - requested`` with the right-hand side computed here.
@@ -19,6 +22,8 @@ DynamoDB conditions cannot add, so "held + requested <= limit" is checked as
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -28,9 +33,34 @@ from ..errors import BudgetExceededError
 from ..models import Reservation
 from .dynamodb import cancellation_codes, ddb
 
-BUDGET_SCOPE = "budget#all"
 #: Seconds a day's counter is kept after the day (TTL).
 COUNTER_TTL_SECONDS = 35 * 24 * 3600
+HELD = "held"
+#: Name of the jobs table's sparse index over held reservations.
+HELD_INDEX = "HeldReservations"
+
+
+@dataclass(frozen=True)
+class BudgetScope:
+    """One daily counter a job is charged to, with its limit in tokens per UTC day."""
+
+    name: str
+    limit_tokens: int
+
+    @property
+    def pk(self) -> str:
+        """The counter's partition key."""
+        return f"budget#{self.name}"
+
+
+def model_scope(model: str, limit_tokens: int) -> BudgetScope:
+    """The scope of every job of ``model``."""
+    return BudgetScope(f"model:{model}", limit_tokens)
+
+
+def prefix_scope(prefix: str, limit_tokens: int) -> BudgetScope:
+    """The scope of the jobs whose object key starts with ``prefix`` (a project/tenant)."""
+    return BudgetScope(f"prefix:{prefix}", limit_tokens)
 
 
 def utc_day(now: datetime | None = None) -> str:
@@ -38,16 +68,28 @@ def utc_day(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).strftime("%Y-%m-%d")
 
 
+def seconds_to_next_day(now: datetime | None = None) -> int:
+    """Whole seconds until the next UTC midnight (at least 1)."""
+    now = now or datetime.now(UTC)
+    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(1, int((midnight - now).total_seconds()) + 1)
+
+
 def _expires_at(day: str) -> int:
     start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
     return int((start + timedelta(days=1)).timestamp()) + COUNTER_TTL_SECONDS
 
 
-def get_counter(usage_table: str, day: str) -> dict[str, int]:
-    """The day's counter: ``{"held_tokens", "reserved_tokens", "committed_tokens"}`` (0 if none)."""
+def get_counter(usage_table: str, day: str, scope: str) -> dict[str, int]:
+    """A scope's counter for ``day``: held, reserved and committed tokens (0 if none).
+
+    ``scope`` is a :class:`BudgetScope` name, e.g. ``"model:text-embedding-3-small"``.
+    """
     item = (
         ddb()
-        .get_item(TableName=usage_table, Key={"pk": BUDGET_SCOPE, "sk": day}, ConsistentRead=True)
+        .get_item(
+            TableName=usage_table, Key={"pk": f"budget#{scope}", "sk": day}, ConsistentRead=True
+        )
         .get("Item", {})
     )
     return {
@@ -65,6 +107,10 @@ def _job_item(jobs_table: str, job_id: str) -> dict[str, Any]:
     return item
 
 
+def _reservation(item: dict[str, Any]) -> Reservation:
+    return Reservation(day=item["reservation_day"], tokens=int(item["reserved_tokens"]))
+
+
 def reserve(
     *,
     jobs_table: str,
@@ -72,90 +118,101 @@ def reserve(
     job_id: str,
     key: str,
     tokens: int,
-    limit_tokens: int,
+    scopes: Sequence[BudgetScope],
     day: str | None = None,
+    hold_seconds: int = 26 * 3600,
 ) -> Reservation:
-    """Reserve ``tokens`` for ``job_id`` against the day's limit, atomically and once.
+    """Reserve ``tokens`` for ``job_id`` in every scope, atomically and once.
 
-    Concurrent callers can never together hold more than ``limit_tokens``. Calling again
-    for a job that already holds a reservation returns that reservation unchanged.
+    Concurrent callers can never together hold more than a scope's limit. Calling again
+    for a job that already has a reservation returns it unchanged. A reservation still
+    held after ``hold_seconds`` is released by :func:`sweep_expired` (the default outlasts
+    the Batch API's 24 h completion window).
 
     Returns:
         The reservation (UTC day, tokens).
 
     Raises:
-        BudgetExceededError: the tokens do not fit in what remains of the day's limit.
+        BudgetExceededError: the tokens do not fit in what remains of a scope's limit;
+            nothing is reserved in any scope then.
     """
     day = day or utc_day()
     existing = _job_item(jobs_table, job_id)
     if "reservation_state" in existing:
-        return Reservation(day=existing["reservation_day"], tokens=int(existing["reserved_tokens"]))
+        return _reservation(existing)
 
-    def exceeded() -> BudgetExceededError:
-        held = get_counter(usage_table, day)["held_tokens"]
+    def exceeded(scope: BudgetScope) -> BudgetExceededError:
+        held = get_counter(usage_table, day, scope.name)["held_tokens"]
         return BudgetExceededError(
             key=key,
             requested_tokens=tokens,
-            remaining_tokens=max(0, limit_tokens - held),
-            limit_tokens=limit_tokens,
+            remaining_tokens=max(0, scope.limit_tokens - held),
+            limit_tokens=scope.limit_tokens,
             day=day,
+            scope=scope.name,
         )
 
-    if tokens > limit_tokens:
-        raise exceeded()
+    for scope in scopes:
+        if tokens > scope.limit_tokens:
+            raise exceeded(scope)
     now = int(time.time())
-    try:
-        ddb().transact_write_items(
-            TransactItems=[
-                {
-                    "Update": {
-                        "TableName": jobs_table,
-                        "Key": {"job_id": job_id},
-                        "UpdateExpression": (
-                            "SET reservation_state = :held, reserved_tokens = :t, "
-                            "reservation_day = :day, source_key = :key, created_at = :now"
-                        ),
-                        "ConditionExpression": "attribute_not_exists(reservation_state)",
-                        "ExpressionAttributeValues": {
-                            ":held": "held",
-                            ":t": tokens,
-                            ":day": day,
-                            ":key": key,
-                            ":now": now,
-                        },
-                    }
+    items: list[dict[str, Any]] = [
+        {
+            "Update": {
+                "TableName": jobs_table,
+                "Key": {"job_id": job_id},
+                "UpdateExpression": (
+                    "SET reservation_state = :held, reserved_tokens = :t, reservation_day = :day, "
+                    "source_key = :key, created_at = :now, budget_scopes = :scopes, "
+                    "held_shard = :held, held_until = :until"
+                ),
+                "ConditionExpression": "attribute_not_exists(reservation_state)",
+                "ExpressionAttributeValues": {
+                    ":held": HELD,
+                    ":t": tokens,
+                    ":day": day,
+                    ":key": key,
+                    ":now": now,
+                    ":scopes": [s.name for s in scopes],
+                    ":until": now + hold_seconds,
                 },
-                {
-                    "Update": {
-                        "TableName": usage_table,
-                        "Key": {"pk": BUDGET_SCOPE, "sk": day},
-                        "UpdateExpression": (
-                            "ADD held_tokens :t, reserved_tokens :t "
-                            "SET limit_tokens = :limit, expires_at = :exp"
-                        ),
-                        "ConditionExpression": (
-                            "attribute_not_exists(held_tokens) OR held_tokens <= :max_before"
-                        ),
-                        "ExpressionAttributeValues": {
-                            ":t": tokens,
-                            ":limit": limit_tokens,
-                            ":max_before": limit_tokens - tokens,
-                            ":exp": _expires_at(day),
-                        },
-                    }
-                },
-            ]
+            }
+        }
+    ]
+    for scope in scopes:
+        items.append(
+            {
+                "Update": {
+                    "TableName": usage_table,
+                    "Key": {"pk": scope.pk, "sk": day},
+                    "UpdateExpression": (
+                        "ADD held_tokens :t, reserved_tokens :t "
+                        "SET limit_tokens = :limit, expires_at = :exp"
+                    ),
+                    "ConditionExpression": (
+                        "attribute_not_exists(held_tokens) OR held_tokens <= :max_before"
+                    ),
+                    "ExpressionAttributeValues": {
+                        ":t": tokens,
+                        ":limit": scope.limit_tokens,
+                        ":max_before": scope.limit_tokens - tokens,
+                        ":exp": _expires_at(day),
+                    },
+                }
+            }
         )
+    try:
+        ddb().transact_write_items(TransactItems=items)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
             raise
         codes = cancellation_codes(exc)
         if codes and codes[0] == "ConditionalCheckFailed":
             # A concurrent retry of this very job reserved first: return its reservation.
-            item = _job_item(jobs_table, job_id)
-            return Reservation(day=item["reservation_day"], tokens=int(item["reserved_tokens"]))
-        if len(codes) > 1 and codes[1] == "ConditionalCheckFailed":
-            raise exceeded() from None
+            return _reservation(_job_item(jobs_table, job_id))
+        for scope, code in zip(scopes, codes[1:], strict=False):
+            if code == "ConditionalCheckFailed":
+                raise exceeded(scope) from None
         raise
     return Reservation(day=day, tokens=tokens)
 
@@ -166,58 +223,65 @@ def settle(
     usage_table: str,
     job_id: str,
     billed_tokens: int,
-    outcome: Literal["committed", "released"],
+    outcome: Literal["committed", "released", "swept"],
 ) -> tuple[int, int]:
     """Turn the job's held reservation into ``billed_tokens`` of committed usage, once.
 
     ``outcome`` says why: ``committed`` after success, ``released`` after a failure (then
-    ``billed_tokens`` is what was billed anyway, e.g. an expired batch's finished part, and
-    usually 0). Calling it again, or for a job without a reservation, changes nothing.
+    ``billed_tokens`` is what was billed anyway, e.g. an expired batch's finished part),
+    ``swept`` when :func:`sweep_expired` gives up on a crashed execution. A job the sweep
+    released can still commit what it was billed if it finishes after all. Calling it
+    again, or for a job without a reservation, changes nothing.
 
     Returns:
-        ``(reserved tokens given back, tokens committed)``; ``(0, 0)`` when nothing was held.
+        ``(reserved tokens given back, tokens committed)``; ``(0, 0)`` when nothing changed.
     """
     item = _job_item(jobs_table, job_id)
-    if item.get("reservation_state") != "held":
+    state = item.get("reservation_state")
+    late_commit = state == "swept" and outcome == "committed"
+    if state != HELD and not late_commit:
         return 0, 0
-    reserved = int(item["reserved_tokens"])
+    reserved = 0 if late_commit else int(item["reserved_tokens"])
     day = str(item["reservation_day"])
-    try:
-        ddb().transact_write_items(
-            TransactItems=[
-                {
-                    "Update": {
-                        "TableName": jobs_table,
-                        "Key": {"job_id": job_id},
-                        "UpdateExpression": (
-                            "SET reservation_state = :outcome, billed_tokens = :b, "
-                            "settled_at = :now"
-                        ),
-                        "ConditionExpression": "reservation_state = :held",
-                        "ExpressionAttributeValues": {
-                            ":outcome": outcome,
-                            ":b": billed_tokens,
-                            ":held": "held",
-                            ":now": int(time.time()),
-                        },
-                    }
+    scopes = [str(s) for s in item.get("budget_scopes", [])]
+    items: list[dict[str, Any]] = [
+        {
+            "Update": {
+                "TableName": jobs_table,
+                "Key": {"job_id": job_id},
+                "UpdateExpression": (
+                    "SET reservation_state = :outcome, billed_tokens = :b, settled_at = :now "
+                    "REMOVE held_shard, held_until"
+                ),
+                "ConditionExpression": "reservation_state = :state",
+                "ExpressionAttributeValues": {
+                    ":outcome": outcome,
+                    ":b": billed_tokens,
+                    ":state": state,
+                    ":now": int(time.time()),
                 },
-                {
-                    "Update": {
-                        "TableName": usage_table,
-                        "Key": {"pk": BUDGET_SCOPE, "sk": day},
-                        "UpdateExpression": (
-                            "ADD held_tokens :delta, reserved_tokens :minus_r, committed_tokens :b"
-                        ),
-                        "ExpressionAttributeValues": {
-                            ":delta": billed_tokens - reserved,
-                            ":minus_r": -reserved,
-                            ":b": billed_tokens,
-                        },
-                    }
-                },
-            ]
+            }
+        }
+    ]
+    for scope in scopes:
+        items.append(
+            {
+                "Update": {
+                    "TableName": usage_table,
+                    "Key": {"pk": f"budget#{scope}", "sk": day},
+                    "UpdateExpression": (
+                        "ADD held_tokens :delta, reserved_tokens :minus_r, committed_tokens :b"
+                    ),
+                    "ExpressionAttributeValues": {
+                        ":delta": billed_tokens - reserved,
+                        ":minus_r": -reserved,
+                        ":b": billed_tokens,
+                    },
+                }
+            }
         )
+    try:
+        ddb().transact_write_items(TransactItems=items)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
             raise
@@ -225,3 +289,45 @@ def settle(
             return 0, 0  # settled concurrently by a retry
         raise
     return max(0, reserved - billed_tokens), billed_tokens
+
+
+def sweep_expired(
+    *, jobs_table: str, usage_table: str, now: float | None = None
+) -> list[tuple[str, int]]:
+    """Release every reservation still held past its ``held_until`` (crashed executions).
+
+    Reads the sparse ``HeldReservations`` index (only held reservations are in it).
+
+    Returns:
+        ``[(job_id, tokens released)]``.
+    """
+    now = time.time() if now is None else now
+    released: list[tuple[str, int]] = []
+    kwargs: dict[str, Any] = {
+        "TableName": jobs_table,
+        "IndexName": HELD_INDEX,
+        "KeyConditionExpression": "held_shard = :held AND held_until < :now",
+        "ExpressionAttributeValues": {":held": HELD, ":now": int(now)},
+    }
+    while True:
+        page = ddb().query(**kwargs)
+        for item in page.get("Items", []):
+            job_id = str(item["job_id"])
+            given_back, _ = settle(
+                jobs_table=jobs_table,
+                usage_table=usage_table,
+                job_id=job_id,
+                billed_tokens=0,
+                outcome="swept",
+            )
+            if given_back:
+                released.append((job_id, given_back))
+        if "LastEvaluatedKey" not in page:
+            return released
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def usage_fraction(usage_table: str, day: str, scope: BudgetScope) -> float:
+    """Held tokens over the scope's limit for ``day`` (0.0 when the limit is 0)."""
+    held = get_counter(usage_table, day, scope.name)["held_tokens"]
+    return held / scope.limit_tokens if scope.limit_tokens else 0.0

@@ -18,7 +18,9 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
     """Settle the reservation with the billed tokens and record what the job cost.
 
     Ledger record (usage table, ``pk = ledger#<day>``, ``sk = job_id``): job, source, day,
-    model, tokens, batch price per 1M, batch cost, standard-price cost, saved (USD).
+    model, api, tokens billed, price per 1M used, cost, standard-price cost of the same
+    tokens, naive cost (every chunk through the synchronous API at standard price), saved
+    (USD).
     Idempotent: a retry commits nothing twice and overwrites the same record.
     """
     billed = job.written.billed_tokens
@@ -62,6 +64,8 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
             "cost_usd": summary.cost_usd,
             "standard_cost_usd": summary.standard_cost_usd,
             "saved_usd": summary.saved_usd,
+            "api": "batch",
+            "naive_cost_usd": float(pricing.breakdown(job.model, job.tokens).standard_usd),
         },
     )
     jobs.mark_finished(

@@ -147,6 +147,8 @@ def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
                 "cost_usd": float(cost.batch_usd),
                 "standard_cost_usd": float(cost.standard_usd),
                 "saved_usd": float(cost.saved_usd),
+                "api": "batch",
+                "naive_cost_usd": float(cost.standard_usd),
             },
         )
     jobs.mark_finished(

@@ -1,0 +1,144 @@
+"""Throughput of the DynamoDB token bucket: ``try_acquire`` calls per second, and conflicts.
+
+Runs against moto's DynamoDB in this process (the usage table created from template.yaml),
+with each DynamoDB request applied under one lock, as the local stack does (DynamoDB
+applies each request atomically; moto alone does not). The bucket is large enough to grant
+every call, so each call is one consistent read plus one conditional write, and a
+conditional write that loses to another thread is a conflict (retried from the item the
+failed write returns).
+
+Prints figures, never asserts them. moto's figures measure the library's own work plus
+moto's; real DynamoDB adds a network round trip per request (single-digit ms in-region)
+and serialises writes to one item, so read these as a ceiling of the client side.
+
+Usage: ``python benchmarks/token_bucket.py [--ops 2000] [--workers 1,16]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from moto import mock_aws
+
+from batch_embedder.aws import clients, dynamodb
+from batch_embedder.aws.token_bucket import TokenBucket
+from batch_embedder_local.lambda_adapter import install_dynamodb_request_lock
+from batch_embedder_local.template import load_template
+
+TABLE = "usage-bench"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else ``platform.processor()``."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def create_table() -> None:
+    """The usage table, from template.yaml's own definition."""
+    props = load_template()["Resources"]["UsageTable"]["Properties"]
+    dynamodb.ddb().create_table(
+        TableName=TABLE,
+        AttributeDefinitions=props["AttributeDefinitions"],
+        KeySchema=props["KeySchema"],
+        BillingMode=props["BillingMode"],
+    )
+
+
+def run(workers: int, ops: int) -> tuple[float, int, int]:
+    """``ops`` try_acquire calls shared by ``workers`` threads on one fresh bucket.
+
+    Returns:
+        ``(seconds, granted calls, conflicts)``.
+    """
+    scope = f"bench-{workers}-{time.monotonic_ns()}"
+    buckets = [
+        TokenBucket(
+            table=TABLE,
+            scope=scope,
+            model="text-embedding-3-small",
+            requests_per_minute=10**12,
+            tokens_per_minute=10**15,
+        )
+        for _ in range(workers)
+    ]
+    buckets[0].try_acquire(0, requests=0)  # create the item outside the timing
+    shares = [ops // workers + (1 if i < ops % workers else 0) for i in range(workers)]
+    granted = [0] * workers
+    conflicts = [0] * workers
+    barrier = threading.Barrier(workers + 1)
+
+    def work(i: int) -> None:
+        barrier.wait()
+        for _ in range(shares[i]):
+            result = buckets[i].try_acquire(100)
+            granted[i] += result.granted
+            conflicts[i] += result.conflicts
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    return seconds, sum(granted), sum(conflicts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns the process exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ops", type=int, default=2000, help="try_acquire calls per run")
+    parser.add_argument("--workers", default="1,16", help="thread counts, comma-separated")
+    args = parser.parse_args(argv)
+    counts = [int(w) for w in args.workers.split(",") if w.strip()]
+
+    for name, value in {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }.items():
+        os.environ[name] = value
+    import moto
+
+    print(f"date:    {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}")
+    print(
+        f"machine: {platform.machine()}, {cpu_model()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, moto {moto.__version__} (in-process, "
+        "request lock)"
+    )
+    print(f"ops:     {args.ops} try_acquire calls per run, bucket never empty\n")
+    print(f"{'threads':>7}  {'ops/s':>8}  {'ms/op':>6}  {'granted':>7}  {'conflicts':>9}  per op")
+    with mock_aws():
+        dynamodb.reset()
+        clients.reset()
+        remove = install_dynamodb_request_lock()
+        try:
+            create_table()
+            run(1, 50)  # warm up boto3 and moto
+            for workers in counts:
+                seconds, granted, conflicts = run(workers, args.ops)
+                print(
+                    f"{workers:>7}  {granted / seconds:>8.0f}  {1000 * seconds / args.ops:>6.2f}  "
+                    f"{granted:>7}  {conflicts:>9}  {conflicts / args.ops:.2f}"
+                )
+        finally:
+            remove()
+            dynamodb.reset()
+            clients.reset()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
