@@ -126,8 +126,7 @@ def bench_jsonl(all_chunks: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def bench_pgvector(url: str, all_chunks: list[tuple[str, Any]], rows: int) -> dict[str, Any]:
     from batch_embedder.db.connection import connect
-    from batch_embedder.db.vectors import DocumentWriter
-    from batch_embedder.models import DocumentRef
+    from batch_embedder.db.vectors import ChunkWriter
     from batch_embedder_local.openai_server import embed_texts
 
     flat = [c for _, cs in all_chunks for c in cs][:rows]
@@ -150,16 +149,17 @@ def bench_pgvector(url: str, all_chunks: list[tuple[str, Any]], rows: int) -> di
                 copy.write_row((i, c.text, c.sha256, vectors[i]))
         bare_s = time.perf_counter() - t
         conn.execute("DROP TABLE bench_bare")
-    doc = DocumentRef(bucket="bench", key="bench/all.rst.txt", size=1)
     with connect(url) as conn:
         t = time.perf_counter()
-        with DocumentWriter(
-            conn, doc, job_id="bench", model="text-embedding-3-small", dimensions=1536
-        ) as writer:
+        with ChunkWriter(
+            conn, bucket="bench", lock_key="bench", job_id="bench",
+            model="text-embedding-3-small", dimensions=1536,
+        ) as writer:  # fmt: skip
             writer.copy_chunks(
-                (i, c.text, c.sha256, c.token_count, c.char_start, c.char_end)
+                (i, f"bench/{i // 50}", None, i % 50, c.text, c.sha256, c.token_count,
+                 c.char_start, c.char_end)
                 for i, c in enumerate(flat)
-            )
+            )  # fmt: skip
             writer.copy_vectors((i, vectors[i]) for i in range(len(flat)))
             written, _ = writer.merge()
         indexed_s = time.perf_counter() - t

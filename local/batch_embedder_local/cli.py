@@ -126,7 +126,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     ) as stack:
         executions: dict[str, str] = {}
         for key, path in files:
-            executions[stack.start_execution(stack.upload(key, path.read_bytes()))] = key
+            event = stack.upload(key, path.read_bytes())
+            if stack.starts_execution(key):  # as the EventBridge rule: not under BulkPrefix
+                executions[stack.start_execution(event)] = key
         print(
             f"started {len(executions)} execution(s) of {stack.state_machine_arn}", file=sys.stderr
         )

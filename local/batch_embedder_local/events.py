@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     folder = Path(args[0] if args else "events")
     folder.mkdir(parents=True, exist_ok=True)
-    home = ROOT / ".batch-embedder" / "events"
-    with LocalStack(home, log_file=home / "lambda.log") as stack:
-        captured = capture(stack)
+    with tempfile.TemporaryDirectory(prefix="batch-embedder-events-") as tmp:
+        home = Path(tmp)  # a fresh database and tables: the same events every time
+        with LocalStack(home, log_file=home / "lambda.log", persist=False) as stack:
+            captured = capture(stack)
     for name, payload in captured.items():
         (folder / name).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
         print(folder / name)

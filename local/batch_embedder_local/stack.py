@@ -78,6 +78,8 @@ class ExecutionResult:
             "chunks": int(out.get("chunks", 0)),
             "tokens": int(out.get("billed_tokens", out.get("tokens", 0))),
             "vectors_written": int(out.get("vectors_written", 0)),
+            "documents": int(out.get("documents", 0)),
+            "rejected_count": int(out.get("rejected_count", 0)),
             "cost_usd": float(out.get("cost_usd", 0.0)),
             "standard_cost_usd": float(out.get("standard_cost_usd", 0.0)),
             "failed_state": self.failed_state,
@@ -547,13 +549,22 @@ class LocalStack:
             time.sleep(interval)
         return [self.result(arn, key) for arn, key in executions.items()]
 
+    def starts_execution(self, key: str) -> bool:
+        """Whether the EventBridge rule would start an execution for ``key``.
+
+        Objects under ``BulkPrefix`` start none: a prefix manifest embeds them as one job.
+        """
+        return not key.startswith(self.parameters.get("BulkPrefix", "bulk/"))
+
     def ingest(
         self, files: Iterable[tuple[str, bytes]], **wait_kwargs: Any
     ) -> list[ExecutionResult]:
-        """Upload each ``(key, body)``, start one execution per file, wait for all."""
+        """Upload each ``(key, body)``, start an execution per file the rule matches, wait."""
         started: dict[str, str] = {}
         for key, body in files:
-            started[self.start_execution(self.upload(key, body))] = key
+            event = self.upload(key, body)
+            if self.starts_execution(key):
+                started[self.start_execution(event)] = key
         return self.wait(started, **wait_kwargs)
 
 

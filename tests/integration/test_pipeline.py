@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 HAPPY_PATH = [
     "ReadUploadEvent", "ChunkAndEstimate", "BudgetCheck", "BudgetReserved", "BuildAndUploadJsonl",
     "CreateBatch",
-    "WaitForBatch", "PollBatch", "BatchStatus",
+    "BatchQueued", "WaitForBatch", "PollBatch", "BatchStatus",
 ]  # fmt: skip
 SAMPLE_FILES = ["appetite.rst.txt", "controlflow.rst.txt", "errors.rst.txt", "venv.rst.txt"]
 
@@ -112,11 +112,7 @@ def test_same_file_twice_leaves_the_same_rows(
     [again] = stack.ingest([(key, (SAMPLES / SAMPLE_FILES[0]).read_bytes())], timeout=300)
     assert again.status == "SUCCEEDED"
     assert rows(db, key) == before  # same ids, content, vectors
-    # The re-upload is a new S3 version: the rows now point at it.
-    versions = db.execute(
-        "SELECT DISTINCT source_version FROM batch_embedder.chunks WHERE source_key = %s", (key,)
-    ).fetchall()
-    assert len(versions) == 1 and versions[0][0] != ingested[0].output.get("version_id")
+    assert again.output["vectors_written"] == 0  # an identical re-upload rewrites nothing
 
 
 def test_budget_exceeded_sends_nothing_and_reserves_nothing(
@@ -235,3 +231,27 @@ def test_search_finds_the_document_a_sentence_was_taken_from(
     assert hits[0].key == "tutorial/errors.rst.txt"
     assert sentence.split(" statement")[1][:40] in " ".join(hits[0].text.split())
     assert hits[0].score > hits[-1].score
+
+
+def test_full_batch_queue_waits_instead_of_failing(
+    stack: Any, monkeypatch: Any, emulator: Any
+) -> None:
+    import os
+
+    from batch_embedder.settings import Settings
+    from batch_embedder.steps.batch import batch_queue
+
+    # Room for one of the two jobs at a time: the other waits in WaitForBatchQueue.
+    monkeypatch.setenv("BATCH_ENQUEUED_TOKEN_CAP", "12000")
+    monkeypatch.setenv("BATCH_QUEUE_FULL_WAIT_SECONDS", "1")
+    emulator.update_config(batch_in_progress_seconds=2.0)
+    files = [
+        (f"queue/{n}", (SAMPLES / n).read_bytes())
+        for n in ("controlflow.rst.txt", "classes.rst.txt")
+    ]
+    results = stack.ingest(files, timeout=300)
+    assert [r.status for r in results] == ["SUCCEEDED", "SUCCEEDED"], [r.cause for r in results]
+    assert any("WaitForBatchQueue" in r.states for r in results)
+    queue = batch_queue(Settings(), "text-embedding-3-small").state()
+    assert queue.enqueued_tokens == 0  # every finished batch gave its tokens back
+    assert os.environ["BATCH_ENQUEUED_TOKEN_CAP"] == "12000"

@@ -501,10 +501,10 @@ def max_window(log: list[tuple[float, int, int]], column: int, seconds: float) -
     total = 0
     for start in range(len(log)):
         while end < len(log) and log[end][0] <= log[start][0] + seconds:
-            total += log[end][column]
+            total += int(log[end][column])
             end += 1
         best = max(best, total)
-        total -= log[start][column]
+        total -= int(log[start][column])
     return best
 
 

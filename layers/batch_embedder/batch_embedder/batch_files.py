@@ -7,8 +7,8 @@ Limits (OpenAI Batch guide and embeddings reference, summarised in
 - per batch (= per input file): at most 50,000 requests, 50,000 embedding inputs, 200 MB.
 
 Each request line carries several chunks; its ``custom_id`` is ``"<job_id>:<first>-<end>"``:
-the half-open range of chunk indexes it holds, so ``data[i].index`` maps to chunk
-``first + i`` whatever order the output comes back in.
+the half-open range of the job's chunk sequence numbers (``seq``) it holds, so
+``data[i].index`` maps to chunk ``first + i`` whatever order the output comes back in.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def write_batch_files(
     directory: Path,
     limits: BatchLimits | None = None,
 ) -> list[PlannedFile]:
-    """Pack ``(chunk_index, text, token_count)`` rows (in index order) into batch files.
+    """Pack ``(seq, text, token_count)`` rows (in seq order) into batch files.
 
     A request closes before it would pass the per-request input or token limit; a file
     closes before it would pass the per-batch request, input or byte limit. Files are

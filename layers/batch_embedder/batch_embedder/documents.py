@@ -116,15 +116,7 @@ def decode_document(
             f"unsupported file type ({shown}); supported extensions are "
             f"{', '.join(SUPPORTED_EXTENSIONS)}",
         )
-    if not data:
-        raise InvalidDocumentError(key, "the file is empty (0 bytes)")
-    if max_bytes is not None and len(data) > max_bytes:
-        raise InvalidDocumentError(
-            key,
-            f"the file is {len(data):,} bytes, over the {max_bytes:,}-byte limit "
-            "(MAX_DOCUMENT_BYTES)",
-        )
-    text = _decode_utf8(key, data)
+    text = decode_text(key, data, max_bytes=max_bytes)
 
     if extension in _HTML_EXTENSIONS:
         text = html_to_text(text)
@@ -146,6 +138,23 @@ def decode_document(
             hint = " (no visible text outside scripts, styles and the head)"
         raise InvalidDocumentError(key, f"the file contains no text to embed{hint}")
     return text
+
+
+def decode_text(key: str, data: bytes, *, max_bytes: int | None = None) -> str:
+    """``data`` as text, after the checks every format shares (not normalised).
+
+    Raises:
+        InvalidDocumentError: empty, over ``max_bytes`` bytes, binary, or not valid UTF-8.
+    """
+    if not data:
+        raise InvalidDocumentError(key, "the file is empty (0 bytes)")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise InvalidDocumentError(
+            key,
+            f"the file is {len(data):,} bytes, over the {max_bytes:,}-byte limit "
+            "(MAX_DOCUMENT_BYTES)",
+        )
+    return _decode_utf8(key, data)
 
 
 def normalize_text(text: str) -> str:

@@ -30,6 +30,18 @@ BatchStatus = Literal[
     "cancelling",
     "cancelled",
 ]
+#: The poll loop's status: a batch status, or "queued" while the Batch API's queue is full.
+PollStatus = Literal[
+    "queued",
+    "validating",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "failed",
+    "expired",
+    "cancelling",
+    "cancelled",
+]
 
 
 class Contract(BaseModel):
@@ -80,6 +92,9 @@ class ChunkedJob(Contract):
     chunks: int = Field(ge=1)
     tokens: int = Field(ge=1, description="cl100k_base tokens summed over all chunks")
     estimate: CostEstimate
+    documents: int = Field(default=1, ge=1, description="documents embedded (bundles: many)")
+    rejected_count: int = Field(default=0, ge=0, description="bundle documents left out")
+    rejected: list[str] = Field(default_factory=list, description="'key: reason', first 20")
 
 
 class Reservation(Contract):
@@ -133,17 +148,21 @@ class BatchRef(Contract):
 
 
 class PollState(Contract):
-    """The wait/poll loop: the Wait state reads ``wait_seconds``; the Choice reads ``status``."""
+    """The wait/poll loop: the Wait state reads ``wait_seconds``; the Choice reads ``status``.
 
-    status: BatchStatus
+    ``queued``: CreateBatch could not create every batch yet (creations per hour or the
+    enqueued-token cap); it is called again after ``wait_seconds``.
+    """
+
+    status: PollStatus
     wait_seconds: int = Field(ge=0, description="seconds the next Wait state waits")
     polls: int = Field(ge=0)
 
 
 class SubmittedJob(UploadedJob):
-    """Output of CreateBatch and of each PollBatch."""
+    """Output of CreateBatch and of each PollBatch (``batches`` is empty while queued)."""
 
-    batches: list[BatchRef] = Field(min_length=1)
+    batches: list[BatchRef] = Field(default_factory=list)
     poll: PollState
 
 
@@ -178,6 +197,9 @@ class JobSummary(Contract):
     standard_cost_usd: float
     saved_usd: float
     day: str
+    documents: int = 1
+    rejected_count: int = 0
+    rejected: list[str] = Field(default_factory=list)
 
 
 class CaughtError(Contract):
@@ -198,7 +220,9 @@ class FailureInput(Contract):
 
     job_id: str
     event: dict[str, Any] | None = None
+    model: str | None = None
     document: DocumentRef | None = None
+    batch_files: list[BatchFile] | None = None
     batches: list[BatchRef] | None = None
     poll: PollState | None = None
     error: CaughtError | None = None

@@ -64,6 +64,21 @@ class Settings(BaseSettings):
     #: longer than the Batch API's 24 h completion window.
     reservation_hold_seconds: int = Field(default=26 * 3600, ge=60)
 
+    # Rate limits (reference tier-1 figures for text-embedding-3-small; see
+    # ../shared/reference/openai-batch-api.md). Shared by every Lambda through DynamoDB.
+    #: Names the API key's limit pool (an org or key NAME, never the key itself).
+    openai_rate_limit_scope: str = "default"
+    embeddings_requests_per_minute: int = Field(default=3_000, gt=0)
+    embeddings_tokens_per_minute: int = Field(default=1_000_000, gt=0)
+    #: Longest a Lambda sleeps for the token bucket before giving the wait back.
+    rate_limit_max_wait_seconds: float = Field(default=20.0, ge=0)
+    #: Batch API pool: batch creations per hour ("2,000 per hour", unverified) and the
+    #: model's enqueued-token cap ("3M tokens at tier 1", unverified).
+    batch_creations_per_hour: int = Field(default=2_000, gt=0)
+    batch_enqueued_token_cap: int = Field(default=3_000_000, gt=0)
+    #: Seconds CreateBatch's Wait state waits when the queue is full.
+    batch_queue_full_wait_seconds: int = Field(default=60, ge=1)
+
     # Polling the batch (seconds). The wait doubles from initial to max.
     poll_initial_wait_seconds: int = Field(default=30, ge=0)
     poll_max_wait_seconds: int = Field(default=600, ge=0)

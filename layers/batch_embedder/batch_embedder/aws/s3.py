@@ -63,3 +63,11 @@ def iter_jsonl(bucket: str, key: str) -> Iterator[dict[str, Any]]:
     for line in body.iter_lines(chunk_size=1 << 20):
         if line:
             yield json.loads(line)
+
+
+def list_keys(bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
+    """``(key, size in bytes)`` of every object under ``prefix`` (paginated)."""
+    paginator = client("s3").get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            yield str(obj["Key"]), int(obj["Size"])

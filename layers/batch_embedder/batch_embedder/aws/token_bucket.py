@@ -779,7 +779,9 @@ class BatchQueueLimits:
 
         One ``TransactWriteItems``: the batch record goes ``enqueued`` -> ``released``
         (conditional) and the counter drops by its tokens. Calling it again, concurrently,
-        or for a key never reserved changes nothing.
+        or for a key never reserved changes nothing. Call it when the batch is finished;
+        failed batches have been reported to keep counting against OpenAI's cap for a while
+        (openai-python #2084, cited in openai-batch-api.md), so a caller may delay it then.
 
         Returns:
             Tokens given back; 0 when nothing was held.

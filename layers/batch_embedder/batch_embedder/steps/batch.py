@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from openai.types import Batch
 
 from ..aws import jobs, s3
+from ..aws.token_bucket import BatchQueueLimits
 from ..batch_files import ENDPOINT, BatchLimits, write_batch_files
 from ..models import (
     BatchFile,
@@ -48,7 +50,7 @@ def build_and_upload_jsonl(
     uploaded: list[BatchFile] = []
     with tempfile.TemporaryDirectory(prefix="batch-embedder-") as tmp:
         rows = (
-            (int(r["chunk_index"]), str(r["text"]), int(r["token_count"]))
+            (int(r["seq"]), str(r["text"]), int(r["token_count"]))
             for r in s3.iter_jsonl(job.manifest.bucket, job.manifest.key)
         )
         planned = write_batch_files(
@@ -85,8 +87,46 @@ def _find_created_batch(client: openai.OpenAI, job_id: str, input_file_id: str) 
     return None
 
 
+def batch_queue(settings: Settings, model: str) -> BatchQueueLimits:
+    """The Batch API's own limits for ``model`` (creations per hour, enqueued tokens)."""
+    return BatchQueueLimits(
+        table=settings.usage_table,
+        scope=settings.openai_rate_limit_scope,
+        model=model,
+        creations_per_hour=settings.batch_creations_per_hour,
+        enqueued_token_cap=settings.batch_enqueued_token_cap,
+        full_queue_wait_seconds=float(settings.batch_queue_full_wait_seconds),
+    )
+
+
+def queue_key(job_id: str, input_file_id: str) -> str:
+    """The batch-queue record of one batch input file."""
+    return f"{job_id}/{input_file_id}"
+
+
+def release_queue(settings: Settings, job_id: str, model: str, input_file_ids: list[str]) -> int:
+    """Give the enqueued tokens of these files' batches back (each once).
+
+    Returns:
+        Tokens given back.
+    """
+    queue = batch_queue(settings, model)
+    released = sum(queue.release_batch(queue_key(job_id, f)) for f in input_file_ids)
+    if released:
+        metrics.add_metric(
+            name="enqueued_tokens", unit=MetricUnit.Count, value=queue.state().enqueued_tokens
+        )
+    return released
+
+
 def create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
     """Create one batch per uploaded file, exactly once per file across Lambda retries.
+
+    Before a batch is created its tokens are taken from the Batch API's queue limits
+    (creations per hour, enqueued-token cap), kept in DynamoDB for every execution. When
+    the queue is full the job comes back ``queued`` with the seconds to wait, and the
+    workflow calls CreateBatch again after a Wait state instead of failing at OpenAI's
+    validation.
 
     Each file is first claimed in the job's DynamoDB item with a conditional write; the
     batch id is recorded after creation. A retry that finds a claim without an id (the
@@ -95,9 +135,11 @@ def create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
 
     Raises:
         QuotaExhaustedError: OpenAI says the account has no credit.
+        ValueError: one file alone holds more tokens than the enqueued-token cap.
         openai.APIError: creation failed after the SDK's retries.
     """
     client = get_client(settings)
+    queue = batch_queue(settings, job.model)
     refs: list[BatchRef] = []
     source = f"s3://{job.document.bucket}/{job.document.key}"
     for f in job.batch_files:
@@ -105,6 +147,16 @@ def create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
         if recorded and recorded != jobs.CREATING:
             refs.append(BatchRef(batch_id=recorded, input_file_id=f.file_id))
             continue
+        grant = queue.reserve_batch(queue_key(job.job_id, f.file_id), f.tokens)
+        if not grant.granted:
+            wait = max(1, math.ceil(grant.wait_seconds))
+            metrics.add_metric(name="throttled_waits", unit=MetricUnit.Count, value=1)
+            logger.info("batch queue full", extra={"wait_seconds": wait, "tokens": f.tokens})
+            return SubmittedJob(
+                **job.model_dump(),
+                batches=refs,
+                poll=PollState(status="queued", wait_seconds=wait, polls=0),
+            )
         batch: Batch | None = None
         if recorded is None and jobs.claim_batch(settings.jobs_table, job.job_id, f.file_id):
             pass
@@ -129,6 +181,9 @@ def create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
         jobs.record_batch(settings.jobs_table, job.job_id, f.file_id, batch.id)
         refs.append(BatchRef(batch_id=batch.id, input_file_id=f.file_id, status=batch.status))
     logger.info("batches created", extra={"batches": [r.batch_id for r in refs]})
+    metrics.add_metric(
+        name="enqueued_tokens", unit=MetricUnit.Count, value=queue.state().enqueued_tokens
+    )
     return SubmittedJob(
         **job.model_dump(),
         batches=refs,
@@ -177,6 +232,11 @@ def poll_batches(job: SubmittedJob, settings: Settings) -> SubmittedJob:
     """
     client = get_client(settings)
     refs = [to_ref(client.batches.retrieve(b.batch_id)) for b in job.batches]
+    finished = [r.input_file_id for r in refs if r.status in TERMINAL]
+    if finished:  # a finished batch no longer counts against the enqueued-token cap
+        release_queue(settings, job.job_id, job.model, finished)
+    in_flight = sum(1 for r in refs if r.status not in TERMINAL)
+    metrics.add_metric(name="batches_in_flight", unit=MetricUnit.Count, value=in_flight)
     status = overall_status([r.status for r in refs])
     wait = min(
         settings.poll_max_wait_seconds,

@@ -48,6 +48,9 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
         standard_cost_usd=float(cost.standard_usd),
         saved_usd=float(cost.saved_usd),
         day=day,
+        documents=job.documents,
+        rejected_count=job.rejected_count,
+        rejected=job.rejected,
     )
     jobs.put_ledger_record(
         settings.usage_table,
@@ -69,7 +72,9 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
         },
     )
     jobs.mark_finished(
-        settings.jobs_table, job.job_id, {"status": "SUCCEEDED", **summary.model_dump()}
+        settings.jobs_table,
+        job.job_id,
+        {"status": "SUCCEEDED", **summary.model_dump(exclude={"rejected"})},
     )
     metrics.add_metric(name="tokens", unit=MetricUnit.Count, value=billed)
     metrics.add_metric(name="cost_usd", unit=MetricUnit.NoUnit, value=summary.cost_usd)

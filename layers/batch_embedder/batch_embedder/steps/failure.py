@@ -20,6 +20,7 @@ from ..models import BatchRef, FailedState, FailureInput, FailureOutcome
 from ..openai_client import get_client
 from ..openai_files import iter_jsonl_file
 from ..settings import Settings
+from .batch import TERMINAL, release_queue, to_ref
 
 logger = Logger(child=True)
 metrics = Metrics()
@@ -74,8 +75,6 @@ def _billed_tokens(
     billed = 0
     refs: list[BatchRef] = []
     details: list[str] = []
-    from .batch import TERMINAL, to_ref
-
     for batch_id in batch_ids:
         batch = client.batches.retrieve(batch_id)
         if batch.status not in TERMINAL and batch.status != "cancelling":
@@ -110,6 +109,10 @@ def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
             billed, refs, details = _billed_tokens(settings, [b.batch_id for b in refs])
         except Exception:  # a failure path must still release the reservation
             logger.exception("could not read the batches' usage; committing 0 tokens")
+    if failure.batch_files:
+        # Running batches were cancelled above: none counts against the queue any more.
+        model = failure.model or settings.embedding_model
+        release_queue(settings, failure.job_id, model, [f.file_id for f in failure.batch_files])
     if failure.error is not None:
         error = failure.error.error
         state: FailedState = ERROR_STATES.get(error, "PipelineError")
@@ -129,7 +132,7 @@ def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
     )
     if committed:
         item = jobs.get_job(settings.jobs_table, failure.job_id)
-        model = settings.embedding_model
+        model = failure.model or settings.embedding_model
         cost = pricing.breakdown(model, committed)
         day = str(item.get("reservation_day") or budget.utc_day())
         jobs.put_ledger_record(

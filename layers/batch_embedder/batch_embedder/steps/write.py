@@ -12,7 +12,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from ..aws import s3
 from ..batch_files import parse_custom_id
 from ..db.connection import connect_settings
-from ..db.vectors import DocumentWriter
+from ..db.vectors import ChunkWriter
 from ..errors import EmbeddingsIncompleteError
 from ..models import SubmittedJob, WriteResult, WrittenJob
 from ..openai_client import get_client
@@ -71,12 +71,20 @@ def fetch_and_write(job: SubmittedJob, settings: Settings) -> WrittenJob:
     reader = _OutputReader(job.job_id)
     with (
         connect_settings(settings) as conn,
-        DocumentWriter(
-            conn, job.document, job_id=job.job_id, model=job.model, dimensions=job.dimensions
+        ChunkWriter(
+            conn,
+            bucket=job.document.bucket,
+            lock_key=job.document.key,
+            job_id=job.job_id,
+            model=job.model,
+            dimensions=job.dimensions,
         ) as writer,
     ):
         writer.copy_chunks(
             (
+                int(r["seq"]),
+                str(r["source_key"]),
+                r["source_version"],
                 int(r["chunk_index"]),
                 str(r["text"]),
                 str(r["sha256"]),
