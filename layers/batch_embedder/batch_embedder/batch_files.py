@@ -14,7 +14,7 @@ the half-open range of the job's chunk sequence numbers (``seq``) it holds, so
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, Literal
@@ -82,6 +82,36 @@ def _line(job_id: str, first: int, texts: list[str], model: str, dimensions: int
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
+def pack_requests(
+    chunks: Iterable[tuple[int, str, int]], limits: BatchLimits | None = None
+) -> Iterator[list[tuple[int, str, int]]]:
+    """Group ``(seq, text, token_count)`` rows into requests within the per-request limits.
+
+    Yields:
+        Consecutive rows for one ``/v1/embeddings`` request (at most
+        ``limits.inputs_per_request`` inputs and ``limits.tokens_per_request`` tokens).
+
+    Raises:
+        ValueError: one chunk alone exceeds the per-request token limit.
+    """
+    limits = limits or BatchLimits()
+    request: list[tuple[int, str, int]] = []
+    tokens = 0
+    for row in chunks:
+        if row[2] > limits.tokens_per_request:
+            raise ValueError(f"chunk {row[0]} has {row[2]} tokens, over the request cap")
+        if request and (
+            len(request) + 1 > min(limits.inputs_per_request, limits.inputs_per_file)
+            or tokens + row[2] > limits.tokens_per_request
+        ):
+            yield request
+            request, tokens = [], 0
+        request.append(row)
+        tokens += row[2]
+    if request:
+        yield request
+
+
 def write_batch_files(
     chunks: Iterable[tuple[int, str, int]],
     *,
@@ -108,52 +138,39 @@ def write_batch_files(
     files: list[PlannedFile] = []
     handle: IO[bytes] | None = None
     current: PlannedFile | None = None
-    texts: list[str] = []
-    first = 0
-    tokens = 0
     expected = 0
 
-    def flush_request() -> None:
-        nonlocal handle, current, texts, first, tokens
-        if not texts:
-            return
-        line = _line(job_id, first, texts, model, dimensions)
-        if current is None or (
-            current.requests + 1 > limits.requests_per_file
-            or current.inputs + len(texts) > limits.inputs_per_file
-            or current.bytes + len(line) > limits.bytes_per_file
-        ):
-            if handle is not None:
-                handle.close()
-            current = PlannedFile(path=directory / f"{job_id}-{len(files):04d}.jsonl")
-            files.append(current)
-            handle = current.path.open("wb")
-        assert handle is not None
-        handle.write(line)
-        current.requests += 1
-        current.inputs += len(texts)
-        current.tokens += tokens
-        current.bytes += len(line)
-        current.custom_ids.append(custom_id(job_id, first, first + len(texts)))
-        first += len(texts)
-        texts, tokens = [], 0
+    def ordered() -> Iterator[tuple[int, str, int]]:
+        nonlocal expected
+        for row in chunks:
+            if row[0] != expected:
+                raise ValueError(f"chunk {row[0]} out of order (expected {expected})")
+            expected += 1
+            yield row
 
     try:
-        for index, text, token_count in chunks:
-            if index != expected:
-                raise ValueError(f"chunk {index} out of order (expected {expected})")
-            expected += 1
-            if token_count > limits.tokens_per_request:
-                raise ValueError(f"chunk {index} has {token_count} tokens, over the request cap")
-            if (
-                len(texts) + 1 > limits.inputs_per_request
-                or tokens + token_count > limits.tokens_per_request
-                or len(texts) + 1 > limits.inputs_per_file
+        for request in pack_requests(ordered(), limits):
+            first = request[0][0]
+            texts = [text for _, text, _ in request]
+            tokens = sum(t for _, _, t in request)
+            line = _line(job_id, first, texts, model, dimensions)
+            if current is None or (
+                current.requests + 1 > limits.requests_per_file
+                or current.inputs + len(texts) > limits.inputs_per_file
+                or current.bytes + len(line) > limits.bytes_per_file
             ):
-                flush_request()
-            texts.append(text)
-            tokens += token_count
-        flush_request()
+                if handle is not None:
+                    handle.close()
+                current = PlannedFile(path=directory / f"{job_id}-{len(files):04d}.jsonl")
+                files.append(current)
+                handle = current.path.open("wb")
+            assert handle is not None
+            handle.write(line)
+            current.requests += 1
+            current.inputs += len(texts)
+            current.tokens += tokens
+            current.bytes += len(line)
+            current.custom_ids.append(custom_id(job_id, first, first + len(texts)))
     finally:
         if handle is not None:
             handle.close()

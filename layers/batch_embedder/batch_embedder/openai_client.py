@@ -25,11 +25,13 @@ def _client(api_key: str, base_url: str, max_retries: int, timeout: float) -> op
     )
 
 
-def get_client(settings: Settings) -> openai.OpenAI:
+def get_client(settings: Settings, *, max_retries: int | None = None) -> openai.OpenAI:
     """A cached client for the configured key and base URL.
 
     The SDK retries 408/409/429/5xx and timeouts itself (``OPENAI_MAX_RETRIES`` times, with
-    backoff and ``retry-after``); the state machine's ``Retry`` adds more on top.
+    backoff and ``retry-after``), 429 ``insufficient_quota`` included; the state machine's
+    ``Retry`` adds more on top. The synchronous path passes ``max_retries=0`` and retries
+    with tenacity instead (see ``sync_embed``).
 
     Raises:
         ConfigurationError: no API key is configured.
@@ -37,7 +39,7 @@ def get_client(settings: Settings) -> openai.OpenAI:
     return _client(
         openai_api_key(settings),
         settings.openai_base_url,
-        settings.openai_max_retries,
+        settings.openai_max_retries if max_retries is None else max_retries,
         settings.openai_timeout_seconds,
     )
 

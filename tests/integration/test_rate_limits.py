@@ -1,0 +1,80 @@
+"""The synchronous path under 429s: the shared bucket slows down and the run completes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from batch_embedder.aws.token_bucket import TokenBucket
+from batch_embedder.batch_files import BatchLimits
+from batch_embedder.openai_client import QuotaExhaustedError
+from batch_embedder.sync_embed import embed_sync
+from batch_embedder.tokenizer import count_tokens
+from batch_embedder_local.stack import LOCAL_API_KEY
+
+pytestmark = pytest.mark.integration
+MODEL = "text-embedding-3-small"
+
+
+@pytest.fixture()
+def emulator(stack: Any) -> Iterator[Any]:
+    before = stack.emulator.config.model_dump()
+    yield stack.emulator
+    stack.emulator.update_config(**before)
+
+
+def client(emulator: Any) -> openai.OpenAI:
+    return openai.OpenAI(api_key=LOCAL_API_KEY, base_url=emulator.base_url, max_retries=0)
+
+
+def rows(n: int) -> list[tuple[str, int]]:
+    texts = [f"Sentence {i} about token buckets, retries and the Batch API." for i in range(n)]
+    return [(t, count_tokens(t)) for t in texts]
+
+
+def test_429s_and_lower_remaining_slow_the_bucket_and_the_run_completes(
+    stack: Any, emulator: Any
+) -> None:
+    bucket = TokenBucket(
+        table=os.environ["USAGE_TABLE"], scope="test-429", model=MODEL,
+        requests_per_minute=3000, tokens_per_minute=1_000_000,
+    )  # fmt: skip
+    emulator.update_config(
+        fail_next_requests_429=3, retry_after_seconds=1.0,
+        remaining_override={"requests": 5, "tokens": 2000},
+    )  # fmt: skip
+    data = rows(200)
+    before = emulator.stats()
+    result = embed_sync(
+        client(emulator), data, model=MODEL, dimensions=None, bucket=bucket,
+        max_wait_seconds=30, limits=BatchLimits(inputs_per_request=20),
+    )  # fmt: skip
+    assert len(result.vectors) == 200 and all(v.shape == (1536,) for v in result.vectors)
+    assert result.requests == 10 and result.rate_limited == 3 and result.retries == 3
+    # After the 429 (retry-after 1 s) every taker of the bucket was held back.
+    assert result.waited_seconds >= 0.9
+    # The server's lower x-ratelimit-remaining won over the bucket's own view.
+    state = bucket.state()
+    assert state.available_requests <= 5 + 1 and state.available_tokens <= 2000 + 1000
+    # Billed tokens are tiktoken's count; the emulator billed exactly the successful calls.
+    assert result.billed_tokens == sum(t for _, t in data)
+    assert (
+        emulator.stats()["sync_billed_tokens"] - before["sync_billed_tokens"]
+        == result.billed_tokens
+    )
+
+
+def test_5xx_is_retried_and_insufficient_quota_is_not(stack: Any, emulator: Any) -> None:
+    emulator.update_config(fail_next_requests_5xx=2)
+    ok = embed_sync(client(emulator), rows(5), model=MODEL, dimensions=256, bucket=None,
+                    max_wait_seconds=5, sleep=lambda s: None)  # fmt: skip
+    assert ok.retries == 2 and ok.vectors[0].shape == (256,)
+    emulator.update_config(insufficient_quota=True)
+    with pytest.raises(QuotaExhaustedError):
+        embed_sync(client(emulator), rows(5), model=MODEL, dimensions=None, bucket=None,
+                   max_wait_seconds=5, sleep=lambda s: None)  # fmt: skip
+    assert emulator.stats()["rate_limited"] >= 1
