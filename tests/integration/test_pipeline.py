@@ -255,3 +255,25 @@ def test_full_batch_queue_waits_instead_of_failing(
     queue = batch_queue(Settings(), "text-embedding-3-small").state()
     assert queue.enqueued_tokens == 0  # every finished batch gave its tokens back
     assert os.environ["BATCH_ENQUEUED_TOKEN_CAP"] == "12000"
+
+
+def test_executions_racing_for_the_last_tokens_never_pass_the_limit(
+    stack: Any, db: psycopg.Connection[tuple[Any, ...]], monkeypatch: Any
+) -> None:
+    body = (SAMPLES / "venv.rst.txt").read_bytes()
+    [probe] = stack.ingest([("race/probe.rst.txt", body)], timeout=300)
+    tokens = probe.output["tokens"]
+    before = counter(stack)
+    held = before["held_tokens"]
+    # Room for exactly three of the six identical uploads below.
+    monkeypatch.setenv("DAILY_TOKEN_LIMIT", str(held + 3 * tokens + tokens // 2))
+    results = stack.ingest([(f"race/copy-{i}.rst.txt", body) for i in range(6)], timeout=300)
+    won = [r for r in results if r.status == "SUCCEEDED"]
+    lost = [r for r in results if r.status != "SUCCEEDED"]
+    assert len(won) == 3 and {r.failed_state for r in lost} == {"BudgetExceeded"}
+    after = counter(stack)
+    assert after["reserved_tokens"] == 0  # nothing left reserved
+    assert after["committed_tokens"] - before["committed_tokens"] == 3 * tokens  # none lost
+    assert after["held_tokens"] <= held + 3 * tokens + tokens // 2
+    for r in lost:
+        assert rows(db, r.key) == []
