@@ -39,5 +39,12 @@ def stack(home: Path, database_url: str) -> Iterator[Any]:
     """The local stack built from template.yaml, running the real ASL and handlers."""
     from batch_embedder_local.stack import LocalStack
 
-    with LocalStack(home, log_file=home / "lambda.log") as s:
+    # SyncMaxTokens=0: small test files take the Batch API path unless a test says otherwise.
+    with LocalStack(home, log_file=home / "lambda.log", parameters={"SyncMaxTokens": "0"}) as s:
         yield s
+
+
+def fresh(name: str, salt: str) -> bytes:
+    """A sample document made unique (every chunk differs), so the cache cannot serve it."""
+    text = (SAMPLES / name).read_text(encoding="utf-8")
+    return "\n\n".join(f"[{salt}] {p}" for p in text.split("\n\n")).encode()

@@ -59,6 +59,10 @@ def _totals(results: list[ExecutionResult]) -> dict[str, Any]:
         "vectors_written": sum(r["vectors_written"] for r in rows),
         "cost_usd": round(sum(r["cost_usd"] for r in rows), 9),
         "standard_cost_usd": round(sum(r["standard_cost_usd"] for r in rows), 9),
+        "naive_cost_usd": round(sum(r["naive_cost_usd"] for r in rows), 9),
+        "cache_hits": sum(r["cache_hits"] for r in rows),
+        "tokens_saved": sum(r["tokens_saved"] for r in rows),
+        "cost_avoided_usd": round(sum(r["cost_avoided_usd"] for r in rows), 9),
     }
 
 
@@ -80,10 +84,11 @@ def _print_table(results: list[ExecutionResult], totals: dict[str, Any], seconds
         f"{totals['vectors_written']:>8} {totals['cost_usd']:>11.6f}  "
         f"{totals['files']} file(s), {totals['succeeded']} succeeded, {totals['failed']} failed"
     )
-    saved = totals["standard_cost_usd"] - totals["cost_usd"]
+    saved = totals["naive_cost_usd"] - totals["cost_usd"]
     print(
-        f"standard-price cost ${totals['standard_cost_usd']:.6f}; Batch API saved ${saved:.6f}; "
-        f"{seconds:.1f} s"
+        f"paid ${totals['cost_usd']:.6f}; a naive run (synchronous API, no cache) "
+        f"${totals['naive_cost_usd']:.6f}: saved ${saved:.6f}; cache hits "
+        f"{totals['cache_hits']} chunks ({totals['tokens_saved']} tokens); {seconds:.1f} s"
     )
 
 

@@ -79,6 +79,11 @@ class ExecutionResult:
             "tokens": int(out.get("billed_tokens", out.get("tokens", 0))),
             "vectors_written": int(out.get("vectors_written", 0)),
             "documents": int(out.get("documents", 0)),
+            "api": out.get("api"),
+            "cache_hits": int(out.get("cache_hits", 0)),
+            "tokens_saved": int(out.get("tokens_saved", 0)),
+            "cost_avoided_usd": float(out.get("cost_avoided_usd", 0.0)),
+            "naive_cost_usd": float(out.get("naive_cost_usd", 0.0)),
             "rejected_count": int(out.get("rejected_count", 0)),
             "cost_usd": float(out.get("cost_usd", 0.0)),
             "standard_cost_usd": float(out.get("standard_cost_usd", 0.0)),
@@ -425,23 +430,24 @@ class LocalStack:
         s3.put_object(Bucket=self.documents_bucket, Key=key, Body=body)
         return self.object_created_event(key)
 
-    def object_created_event(self, key: str) -> dict[str, Any]:
-        """The "Object Created" event EventBridge delivers for ``key`` (key not URL-encoded)."""
-        head = boto3.client("s3", region_name=REGION).head_object(
-            Bucket=self.documents_bucket, Key=key
+    def delete(self, key: str) -> dict[str, Any]:
+        """Delete ``key`` (a delete marker: the bucket is versioned); returns the event."""
+        s3 = boto3.client("s3", region_name=REGION)
+        resp = s3.delete_object(Bucket=self.documents_bucket, Key=key)
+        event = self._event("Object Deleted", {"key": key, "sequencer": f"{time.time_ns():020X}"})
+        if resp.get("VersionId"):
+            event["detail"]["object"]["version-id"] = resp["VersionId"]
+        event["detail"]["deletion-type"] = (
+            "Delete Marker Created" if resp.get("DeleteMarker") else "Permanently Deleted"
         )
-        detail_object: dict[str, Any] = {
-            "key": key,
-            "size": head["ContentLength"],
-            "etag": head["ETag"].strip('"'),
-            "sequencer": f"{time.time_ns():020X}",
-        }
-        if head.get("VersionId") and head["VersionId"] != "null":
-            detail_object["version-id"] = head["VersionId"]
+        event["detail"]["reason"] = "DeleteObject"
+        return event
+
+    def _event(self, detail_type: str, detail_object: dict[str, Any]) -> dict[str, Any]:
         return {
             "version": "0",
             "id": str(uuid.uuid4()),
-            "detail-type": "Object Created",
+            "detail-type": detail_type,
             "source": "aws.s3",
             "account": ACCOUNT,
             "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -457,6 +463,21 @@ class LocalStack:
                 "reason": "PutObject",
             },
         }
+
+    def object_created_event(self, key: str) -> dict[str, Any]:
+        """The "Object Created" event EventBridge delivers for ``key`` (key not URL-encoded)."""
+        head = boto3.client("s3", region_name=REGION).head_object(
+            Bucket=self.documents_bucket, Key=key
+        )
+        detail_object: dict[str, Any] = {
+            "key": key,
+            "size": head["ContentLength"],
+            "etag": head["ETag"].strip('"'),
+            "sequencer": f"{time.time_ns():020X}",
+        }
+        if head.get("VersionId") and head["VersionId"] != "null":
+            detail_object["version-id"] = head["VersionId"]
+        return self._event("Object Created", detail_object)
 
     def start_execution(self, event: dict[str, Any], name: str | None = None) -> str:
         """Start the workflow as the EventBridge rule would; returns the execution ARN.

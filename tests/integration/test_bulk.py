@@ -24,9 +24,9 @@ WORDS = [
 ]
 
 
-def doc_text(i: int) -> str:
+def doc_text(i: int, kind: str = "Document") -> str:
     picked = " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(12))
-    return f"Document {i} is about {picked}. It has one short paragraph number {i}."
+    return f"{kind} {i} is about {picked}. It has one short paragraph number {i}."
 
 
 def keys_like(db: psycopg.Connection[tuple[Any, ...]], pattern: str) -> dict[str, int]:
@@ -47,6 +47,7 @@ def test_bundle_of_3000_documents_is_one_job_and_one_batch(
     body = ("\n".join(lines) + "\n").encode()
     before = stack.emulator.stats()["batches_created"]
     [result] = stack.ingest([("loads/docs.bundle.jsonl", body)], timeout=600)
+    assert result.output["api"] == "batch" and result.output["cache_hits"] == 0
     assert result.status == "SUCCEEDED", result.cause
     out = result.output
     assert out["documents"] == 3000 and out["rejected_count"] == 2
@@ -65,7 +66,7 @@ def test_bundle_of_3000_documents_is_one_job_and_one_batch(
 def test_prefix_manifest_embeds_every_object_under_the_prefix_as_one_job(
     stack: Any, db: psycopg.Connection[tuple[Any, ...]]
 ) -> None:
-    files = [(f"bulk/set-a/{i:04d}.txt", doc_text(i).encode()) for i in range(400)]
+    files = [(f"bulk/set-a/{i:04d}.txt", doc_text(i, "Object").encode()) for i in range(400)]
     files.append(("bulk/set-a/empty.txt", b""))
     before = stack.emulator.stats()["batches_created"]
     assert stack.ingest(files) == []  # under BulkPrefix: no execution per file

@@ -29,7 +29,9 @@ def test_ingest_json_then_search(tmp_path: Path) -> None:
     for name in ("appetite.rst.txt", "venv.rst.txt"):
         (docs / name).write_bytes((SAMPLES / name).read_bytes())
     (docs / "notes.pdf").write_bytes(b"%PDF-1.4")
-    proc = cli("local", "ingest", str(docs), "--json", home=tmp_path / "home")
+    # SyncMaxTokens=0: even these small files go through the Batch API (half price).
+    proc = cli("local", "ingest", str(docs), "--json", "--param", "SyncMaxTokens=0",
+               home=tmp_path / "home")  # fmt: skip
     assert proc.returncode == 1, proc.stderr  # one file is not supported
     out = json.loads(proc.stdout)
     by_key = {e["key"]: e for e in out["executions"]}

@@ -11,12 +11,13 @@ import pytest
 
 from batch_embedder.aws import budget
 from batch_embedder.tokenizer import count_tokens
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, fresh
 
 pytestmark = pytest.mark.integration
 
 HAPPY_PATH = [
-    "ReadUploadEvent", "ChunkAndEstimate", "BudgetCheck", "BudgetReserved", "BuildAndUploadJsonl",
+    "UploadOrDelete", "ReadUploadEvent", "ChunkAndEstimate", "CheckCache", "BudgetCheck",
+    "BudgetReserved", "HowToEmbed", "BuildAndUploadJsonl",
     "CreateBatch",
     "BatchQueued", "WaitForBatch", "PollBatch", "BatchStatus",
 ]  # fmt: skip
@@ -121,9 +122,7 @@ def test_budget_exceeded_sends_nothing_and_reserves_nothing(
     monkeypatch.setenv("DAILY_TOKEN_LIMIT", "100")
     files_before = emulator.stats()["files"]
     held_before = counter(stack)["held_tokens"]
-    [result] = stack.ingest(
-        [("big/controlflow.rst.txt", (SAMPLES / "controlflow.rst.txt").read_bytes())]
-    )
+    [result] = stack.ingest([("big/controlflow.rst.txt", fresh("controlflow.rst.txt", "big"))])
     assert result.status == "FAILED"
     assert result.failed_state == "BudgetExceeded"
     assert result.error == "BudgetExceededError"
@@ -148,14 +147,15 @@ def test_failed_and_expired_batches_release_the_reservation(
     monkeypatch: Any,
 ) -> None:
     emulator.update_config(**switch)
-    monkeypatch.setenv(
-        "BATCH_INPUTS_PER_REQUEST", "2"
-    )  # several lines: an expired batch keeps some
+    # Several request lines, so an expired batch keeps some; no sync fallback: the failure
+    # path itself is under test here.
+    monkeypatch.setenv("BATCH_INPUTS_PER_REQUEST", "2")
+    monkeypatch.setenv("SYNC_FALLBACK", "false")
     key = f"{failed_state}/errors.rst.txt"
     before = counter(stack)
     billed_before = emulator.stats()["batch_billed_tokens"]
-    [result] = stack.ingest([(key, (SAMPLES / "errors.rst.txt").read_bytes())], timeout=300)
-    assert result.status == "FAILED"
+    [result] = stack.ingest([(key, fresh("errors.rst.txt", failed_state))], timeout=300)
+    assert result.status == "FAILED", result.states
     assert result.failed_state == failed_state
     assert key in result.cause
     assert rows(db, key) == []
@@ -173,7 +173,7 @@ def test_failed_lines_fail_clearly_with_counts(
 ) -> None:
     emulator.update_config(fail_custom_id_pattern=r":0-")
     key = "lines/errors.rst.txt"
-    [result] = stack.ingest([(key, (SAMPLES / "errors.rst.txt").read_bytes())], timeout=300)
+    [result] = stack.ingest([(key, fresh("errors.rst.txt", "lines"))], timeout=300)
     assert result.status == "FAILED"
     assert result.failed_state == "EmbeddingsIncomplete"
     assert "1 request(s) in the error file" in result.cause
@@ -244,7 +244,7 @@ def test_full_batch_queue_waits_instead_of_failing(
     # Room for one of the two jobs at a time: the other waits in WaitForBatchQueue.
     monkeypatch.setenv("BATCH_ENQUEUED_TOKEN_CAP", "12000")
     monkeypatch.setenv("BATCH_QUEUE_FULL_WAIT_SECONDS", "1")
-    emulator.update_config(batch_in_progress_seconds=2.0)
+    emulator.update_config(batch_in_progress_seconds=5.0)
     files = [
         (f"queue/{n}", (SAMPLES / n).read_bytes())
         for n in ("controlflow.rst.txt", "classes.rst.txt")
@@ -260,20 +260,24 @@ def test_full_batch_queue_waits_instead_of_failing(
 def test_executions_racing_for_the_last_tokens_never_pass_the_limit(
     stack: Any, db: psycopg.Connection[tuple[Any, ...]], monkeypatch: Any
 ) -> None:
-    body = (SAMPLES / "venv.rst.txt").read_bytes()
-    [probe] = stack.ingest([("race/probe.rst.txt", body)], timeout=300)
+    [probe] = stack.ingest([("race/probe.rst.txt", fresh("venv.rst.txt", "probe"))], timeout=300)
     tokens = probe.output["tokens"]
     before = counter(stack)
     held = before["held_tokens"]
     # Room for exactly three of the six identical uploads below.
     monkeypatch.setenv("DAILY_TOKEN_LIMIT", str(held + 3 * tokens + tokens // 2))
-    results = stack.ingest([(f"race/copy-{i}.rst.txt", body) for i in range(6)], timeout=300)
+    # Six different documents of the same size (the same tokens each): no cache hits.
+    bodies = [fresh("venv.rst.txt", f"rac{i}") for i in range(6)]
+    results = stack.ingest(
+        [(f"race/copy-{i}.rst.txt", b) for i, b in enumerate(bodies)], timeout=300
+    )
     won = [r for r in results if r.status == "SUCCEEDED"]
     lost = [r for r in results if r.status != "SUCCEEDED"]
     assert len(won) == 3 and {r.failed_state for r in lost} == {"BudgetExceeded"}
     after = counter(stack)
     assert after["reserved_tokens"] == 0  # nothing left reserved
-    assert after["committed_tokens"] - before["committed_tokens"] == 3 * tokens  # none lost
+    committed = after["committed_tokens"] - before["committed_tokens"]
+    assert committed == sum(r.output["billed_tokens"] for r in won)  # none lost
     assert after["held_tokens"] <= held + 3 * tokens + tokens // 2
     for r in lost:
         assert rows(db, r.key) == []

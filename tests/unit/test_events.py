@@ -17,16 +17,20 @@ EVENTS = ROOT / "events"
 #: events file -> (function logical id, input model)
 HANDLERS: dict[str, tuple[str, type[BaseModel]]] = {
     "chunk_and_estimate.json": ("ChunkAndEstimateFunction", models.ChunkRequest),
+    "check_cache.json": ("CheckCacheFunction", models.ChunkedJob),
+    "embed_sync.json": ("EmbedSyncFunction", models.WriteInput),
+    "delete_document.json": ("DeleteDocumentFunction", models.DeleteRequest),
     "budget_check.json": ("BudgetCheckFunction", models.ChunkedJob),
     "build_and_upload_jsonl.json": ("BuildAndUploadJsonlFunction", models.ReservedJob),
     "create_batch.json": ("CreateBatchFunction", models.UploadedJob),
     "poll_batch.json": ("PollBatchFunction", models.SubmittedJob),
-    "fetch_and_write.json": ("FetchAndWriteFunction", models.SubmittedJob),
+    "fetch_and_write.json": ("FetchAndWriteFunction", models.WriteInput),
     "record_cost.json": ("RecordCostFunction", models.WrittenJob),
     "record_failure.json": ("RecordFailureFunction", models.FailureInput),
 }
 #: Values that differ between runs (ids minted by S3/OpenAI, the UTC day, poll timing).
 VOLATILE = {
+    "etag", "size",
     "version_id", "file_id", "batch_id", "input_file_id", "output_file_id", "error_file_id",
     "day", "poll", "status", "completed_requests", "total_requests",
 }  # fmt: skip
@@ -89,8 +93,8 @@ def test_events_replay_through_their_handlers_in_order(stack: Any) -> None:
     first["event"]["detail"]["bucket"]["name"] = stack.documents_bucket
     first["event"]["detail"]["object"]["version-id"] = put["VersionId"]
     live = invoke(stack, "ChunkAndEstimateFunction", first)
-    order = ["budget_check.json", "build_and_upload_jsonl.json", "create_batch.json",
-             "poll_batch.json", "fetch_and_write.json", "record_cost.json"]  # fmt: skip
+    order = ["check_cache.json", "budget_check.json", "build_and_upload_jsonl.json",
+             "create_batch.json", "poll_batch.json", "fetch_and_write.json", "record_cost.json"]  # fmt: skip
     for name in order:
         recorded = load(name)
         assert mask(live) == mask(recorded), name
@@ -111,3 +115,31 @@ def test_events_replay_through_their_handlers_in_order(stack: Any) -> None:
     failure = invoke(stack, "RecordFailureFunction", load("record_failure.json"))
     assert failure["failed_state"] == "InvalidDocument"
     assert "docs/empty.txt" in failure["cause"]
+    delete = load("delete_document.json")
+    delete["event"]["detail"]["bucket"]["name"] = stack.documents_bucket
+    deleted = invoke(stack, "DeleteDocumentFunction", delete)
+    assert deleted == {"bucket": stack.documents_bucket, "key": key, "rows_deleted": live["chunks"]}
+
+
+def test_embed_sync_event_replays_after_its_chain(stack: Any, monkeypatch: Any) -> None:
+    recorded = load("embed_sync.json")
+    key = recorded["document"]["key"]
+    monkeypatch.setenv("SYNC_PREFIXES", '["urgent/"]')
+    put = boto3.client("s3").put_object(
+        Bucket=stack.documents_bucket, Key=key, Body=(SAMPLES / key.split("/")[-1]).read_bytes()
+    )
+    first = load("chunk_and_estimate.json")
+    first["job_id"] = recorded["job_id"]
+    detail = first["event"]["detail"]
+    detail["bucket"]["name"] = stack.documents_bucket
+    detail["object"].update({"key": key, "version-id": put["VersionId"]})
+    live = invoke(stack, "ChunkAndEstimateFunction", first)
+    for logical in ("CheckCacheFunction", "BudgetCheckFunction"):
+        live = invoke(stack, logical, live)
+    assert live["urgent"] and live["embed"]["api"] == "sync"
+    assert mask(live) == mask({k: v for k, v in recorded.items() if k in live})
+    text = json.dumps(recorded)
+    for old, new in ids(recorded, live, {}).items():
+        text = text.replace(old, new)
+    synced = invoke(stack, "EmbedSyncFunction", json.loads(text))
+    assert synced["sync"]["billed_tokens"] == live["embed"]["tokens"] > 0

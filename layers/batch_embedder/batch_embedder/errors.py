@@ -86,3 +86,11 @@ class EmbeddingsIncompleteError(BatchEmbedderError):
 
 class ConfigurationError(BatchEmbedderError):
     """A setting or secret is missing or invalid (the message names it)."""
+
+
+class CacheNotReadyError(BatchEmbedderError):
+    """Some content this job reuses is still being embedded by another execution.
+
+    FetchAndWrite raises it; the state machine retries FetchAndWrite until the other
+    execution has written its vectors.
+    """

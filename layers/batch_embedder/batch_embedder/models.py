@@ -81,8 +81,36 @@ class CostEstimate(Contract):
     standard_usd: float
 
 
+class EmbedPlan(Contract):
+    """What CheckCache left to embed, and how.
+
+    ``manifest`` holds one record per distinct content to embed (``seq`` 0..n-1, ``sha256``,
+    ``text``, ``token_count``); the rest of the job's chunks reuse stored vectors.
+    """
+
+    api: Literal["batch", "sync", "none"] = Field(
+        description="batch (Batch API), sync (Embeddings API: small or urgent), none (all cached)"
+    )
+    manifest: S3Location | None = None
+    chunks: int = Field(ge=0, description="distinct contents to embed")
+    tokens: int = Field(ge=0, description="their tokens: what is reserved and paid for")
+    cache_hits: int = Field(ge=0, description="chunks whose vector is already stored")
+    cached_tokens: int = Field(ge=0, description="tokens not paid for thanks to the cache")
+    awaited: int = Field(default=0, ge=0, description="contents another execution is embedding")
+
+
+class SyncOutput(Contract):
+    """Embeddings fetched through the synchronous API, as batch-output-shaped JSONL in S3."""
+
+    location: S3Location
+    billed_tokens: int = Field(ge=0)
+    requests: int = Field(ge=0)
+    rate_limited: int = Field(ge=0, description="429 answers that were waited out")
+
+
 class ChunkedJob(Contract):
-    """Output of ChunkAndEstimate: the chunk manifest is in S3, counts are exact tokens."""
+    """Output of ChunkAndEstimate (and, with ``embed`` set, of CheckCache): the chunk
+    manifest is in S3, counts are exact tokens."""
 
     job_id: str
     document: DocumentRef
@@ -95,6 +123,8 @@ class ChunkedJob(Contract):
     documents: int = Field(default=1, ge=1, description="documents embedded (bundles: many)")
     rejected_count: int = Field(default=0, ge=0, description="bundle documents left out")
     rejected: list[str] = Field(default_factory=list, description="'key: reason', first 20")
+    urgent: bool = Field(default=False, description="SYNC_PREFIXES or tag priority=urgent")
+    embed: EmbedPlan | None = None
 
 
 class Reservation(Contract):
@@ -157,6 +187,9 @@ class PollState(Contract):
     status: PollStatus
     wait_seconds: int = Field(ge=0, description="seconds the next Wait state waits")
     polls: int = Field(ge=0)
+    fallback: bool = Field(
+        default=False, description="failed/expired: finish the rest through the sync API"
+    )
 
 
 class SubmittedJob(UploadedJob):
@@ -166,16 +199,25 @@ class SubmittedJob(UploadedJob):
     poll: PollState
 
 
+class WriteInput(ReservedJob):
+    """Input of FetchAndWrite: where this job's new vectors are (batches and/or sync output)."""
+
+    batches: list[BatchRef] = Field(default_factory=list)
+    sync: SyncOutput | None = None
+
+
 class WriteResult(Contract):
     """What FetchAndWrite did in Postgres."""
 
-    vectors_written: int = Field(ge=0, description="rows inserted or updated")
+    vectors_written: int = Field(ge=0, description="rows inserted")
+    rows_moved: int = Field(default=0, ge=0, description="unchanged chunks moved to a new index")
     rows_deleted: int = Field(ge=0, description="stale rows of earlier versions removed")
-    billed_tokens: int = Field(ge=0, description="sum of usage.total_tokens in the output")
+    billed_tokens: int = Field(ge=0, description="Batch API usage.total_tokens in the output")
+    sync_billed_tokens: int = Field(default=0, ge=0, description="synchronous API usage")
     failed_requests: int = 0
 
 
-class WrittenJob(SubmittedJob):
+class WrittenJob(WriteInput):
     """Output of FetchAndWrite."""
 
     written: WriteResult
@@ -200,6 +242,11 @@ class JobSummary(Contract):
     documents: int = 1
     rejected_count: int = 0
     rejected: list[str] = Field(default_factory=list)
+    api: str = "batch"
+    cache_hits: int = 0
+    tokens_saved: int = Field(default=0, description="tokens the cache did not pay for")
+    cost_avoided_usd: float = 0.0
+    naive_cost_usd: float = 0.0
 
 
 class CaughtError(Contract):
@@ -244,6 +291,21 @@ class SweepResult(Contract):
 
     released_jobs: list[str]
     released_tokens: int = Field(ge=0)
+
+
+class DeleteRequest(Contract):
+    """Input of DeleteDocument: an "Object Deleted" event (or a delete marker)."""
+
+    job_id: str
+    event: S3EventNotificationEventBridgeModel
+
+
+class DeleteResult(Contract):
+    """Output of DeleteDocument."""
+
+    bucket: str
+    key: str
+    rows_deleted: int = Field(ge=0)
 
 
 class FailureOutcome(Contract):

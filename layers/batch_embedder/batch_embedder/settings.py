@@ -79,6 +79,17 @@ class Settings(BaseSettings):
     #: Seconds CreateBatch's Wait state waits when the queue is full.
     batch_queue_full_wait_seconds: int = Field(default=60, ge=1)
 
+    # Cache and the synchronous path
+    #: Jobs with at most this many tokens left to embed skip the Batch API (no batch wait,
+    #: standard price).
+    sync_max_tokens: int = Field(default=2_000, ge=0)
+    #: Key prefixes whose uploads always take the synchronous path (urgent), JSON list.
+    sync_prefixes: list[str] = Field(default_factory=list)
+    #: Finish a failed or expired batch's missing chunks through the synchronous API.
+    sync_fallback: bool = True
+    #: Seconds after which another execution's claim on content is taken over (crashed run).
+    claim_stale_seconds: int = Field(default=26 * 3600, ge=60)
+
     # Polling the batch (seconds). The wait doubles from initial to max.
     poll_initial_wait_seconds: int = Field(default=30, ge=0)
     poll_max_wait_seconds: int = Field(default=600, ge=0)

@@ -71,3 +71,24 @@ def list_keys(bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             yield str(obj["Key"]), int(obj["Size"])
+
+
+def has_tag(bucket: str, key: str, version_id: str | None, tag: str, value: str) -> bool:
+    """Whether the object carries the tag ``tag=value`` (False if tags cannot be read)."""
+    extra: dict[str, Any] = {"VersionId": version_id} if version_id else {}
+    try:
+        tags = client("s3").get_object_tagging(Bucket=bucket, Key=key, **extra)["TagSet"]
+    except ClientError:
+        return False
+    return any(t["Key"] == tag and t["Value"] == value for t in tags)
+
+
+def exists(bucket: str, key: str) -> bool:
+    """Whether ``key`` is there now (False after a delete or under a delete marker)."""
+    try:
+        client("s3").head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "405"}:
+            return False
+        raise
+    return True

@@ -2,9 +2,12 @@
 
 Everything lives in the ``batch_embedder`` schema:
 
-- ``chunks``: one row per chunk of each document version and (model, dimensions); the
-  embedding column is an untyped ``vector`` so several models/dimensions can coexist (a
-  model change never overwrites the old vectors).
+- ``chunks``: one row per chunk of each document and (model, dimensions); the embedding
+  column is an untyped ``vector`` so several models/dimensions can coexist (a model change
+  never overwrites the old vectors). It is also the embedding cache: a chunk whose
+  (content sha256, model, dimensions) is already here is never embedded again.
+- ``embedding_claims``: content an execution is embedding right now, so that concurrent
+  executions pay for each distinct chunk once.
 - one HNSW cosine index per (model, dimensions), an expression index on
   ``embedding::vector(D)`` restricted to that model (pgvector README, "indexing vectors with
   different dimensions"). pgvector's HNSW on ``vector`` stops at 2,000 dimensions; above
@@ -51,6 +54,30 @@ MIGRATIONS: list[tuple[int, str]] = [
             CONSTRAINT chunks_embedding_dimensions CHECK (vector_dims(embedding) = dimensions)
         );
         CREATE INDEX chunks_content ON batch_embedder.chunks (content_sha256, model, dimensions);
+        """,
+    ),
+    (
+        2,
+        """
+        -- Unchanged chunks keep their row when a new version shifts their index: the
+        -- merge moves them, so (document, chunk_index) is unique only at commit.
+        ALTER TABLE batch_embedder.chunks DROP CONSTRAINT chunks_document_chunk;
+        ALTER TABLE batch_embedder.chunks ADD CONSTRAINT chunks_document_chunk
+            UNIQUE (source_bucket, source_key, model, dimensions, chunk_index)
+            DEFERRABLE INITIALLY DEFERRED;
+        CREATE INDEX chunks_document ON batch_embedder.chunks
+            (source_bucket, source_key, model, dimensions);
+        -- Content some execution is embedding right now: others wait for it instead of
+        -- paying for it again.
+        CREATE TABLE batch_embedder.embedding_claims (
+            content_sha256  text        NOT NULL,
+            model           text        NOT NULL,
+            dimensions      integer     NOT NULL,
+            job_id          text        NOT NULL,
+            claimed_at      timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (content_sha256, model, dimensions)
+        );
+        CREATE INDEX embedding_claims_job ON batch_embedder.embedding_claims (job_id);
         """,
     ),
 ]

@@ -33,12 +33,13 @@ class ChunkWriter:
         with ChunkWriter(conn, bucket=b, lock_key=k, job_id=j, model=m, dimensions=d) as w:
             w.copy_chunks(rows)      # (seq, source_key, source_version, chunk_index, text,
                                      #  sha256, token_count, char_start, char_end)
-            w.copy_vectors(pairs)    # (seq, float32 array of `dimensions`)
-            if w.vector_count() != expected: raise ...
-            written, deleted = w.merge()
+            w.copy_vectors(pairs)    # (sha256, float32 array of `dimensions`)
+            w.fill_from_cache()      # vectors of content already stored
+            if w.missing(): raise ...
+            written, moved, deleted = w.merge()
 
-    ``seq`` numbers the job's chunks 0..n-1 across its documents (what the batch request
-    lines carry); ``chunk_index`` numbers them within their document.
+    Vectors are keyed by content sha256: a chunk's vector comes from this job's embeddings
+    or from the cache (``chunks`` itself), never paid for twice.
     """
 
     def __init__(
@@ -59,6 +60,15 @@ class ChunkWriter:
         self.dimensions = dimensions
         self._stack = ExitStack()
 
+    @property
+    def _params(self) -> dict[str, Any]:
+        return {
+            "bucket": self.bucket,
+            "model": self.model,
+            "dims": self.dimensions,
+            "job": self.job_id,
+        }
+
     def __enter__(self) -> ChunkWriter:
         ensure_vector_index(self.conn, self.model, self.dimensions)
         self._stack.enter_context(self.conn.transaction())
@@ -72,7 +82,9 @@ class ChunkWriter:
             "source_version text, chunk_index int, text text, sha256 text, token_count int, "
             "char_start int, char_end int) ON COMMIT DROP"
         )
-        self.conn.execute("CREATE TEMP TABLE _vectors (seq int, embedding vector) ON COMMIT DROP")
+        self.conn.execute(
+            "CREATE TEMP TABLE _vectors (sha256 text, embedding vector) ON COMMIT DROP"
+        )
         return self
 
     def __exit__(
@@ -103,8 +115,8 @@ class ChunkWriter:
                 n += 1
         return n
 
-    def copy_vectors(self, pairs: Iterable[tuple[int, np.ndarray[Any, Any]]]) -> int:
-        """COPY ``(seq, embedding)`` pairs (float32 arrays of ``dimensions``).
+    def copy_vectors(self, pairs: Iterable[tuple[str, np.ndarray[Any, Any]]]) -> int:
+        """COPY ``(content sha256, embedding)`` pairs (float32 arrays of ``dimensions``).
 
         Returns:
             Vectors copied.
@@ -114,79 +126,129 @@ class ChunkWriter:
         """
         n = 0
         with self.conn.cursor().copy(
-            "COPY _vectors (seq, embedding) FROM STDIN (FORMAT BINARY)"
+            "COPY _vectors (sha256, embedding) FROM STDIN (FORMAT BINARY)"
         ) as copy:
-            copy.set_types(["int4", "vector"])
-            for seq, vector in pairs:
+            copy.set_types(["text", "vector"])
+            for sha, vector in pairs:
                 if vector.shape != (self.dimensions,):
                     raise ValueError(
-                        f"chunk {seq}: vector of {vector.shape[0]} dimensions, "
+                        f"chunk {sha[:12]}: vector of {vector.shape[0]} dimensions, "
                         f"expected {self.dimensions}"
                     )
-                copy.write_row((seq, vector))
+                copy.write_row((sha, vector))
                 n += 1
         return n
 
-    def vector_count(self) -> int:
-        """Distinct staged chunks that have a vector."""
+    def fill_from_cache(self) -> int:
+        """Stage the stored vectors of content this job did not embed itself.
+
+        Returns:
+            Distinct contents found in the cache.
+        """
+        return self.conn.execute(
+            sql.SQL(
+                "INSERT INTO _vectors (sha256, embedding) "
+                "SELECT DISTINCT ON (c.content_sha256) c.content_sha256, c.embedding "
+                "FROM {schema}.chunks c WHERE c.model = %(model)s AND c.dimensions = %(dims)s "
+                "AND c.content_sha256 IN (SELECT sha256 FROM _chunks "
+                "EXCEPT SELECT sha256 FROM _vectors)"
+            ).format(schema=sql.Identifier(SCHEMA)),
+            self._params,
+        ).rowcount
+
+    def missing(self) -> list[str]:
+        """Content hashes of staged chunks that have no vector yet."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT sha256 FROM _chunks EXCEPT SELECT sha256 FROM _vectors"
+        ).fetchall()
+        return sorted(str(r[0]) for r in rows)
+
+    def chunks_without_vector(self) -> int:
+        """Staged chunks that have no vector yet."""
         row = self.conn.execute(
-            "SELECT count(DISTINCT v.seq) FROM _vectors v JOIN _chunks c USING (seq)"
+            "SELECT count(*) FROM _chunks WHERE sha256 NOT IN (SELECT sha256 FROM _vectors)"
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def merge(self) -> tuple[int, int]:
-        """Merge the staged documents into ``chunks``, replacing each document as a whole.
+    def merge(self) -> tuple[int, int, int]:
+        """Merge the staged documents into ``chunks``, each document replaced as a whole.
 
-        A chunk whose text, offsets and vector are unchanged is not rewritten (so it keeps
-        the version it was first written from): an identical re-upload changes nothing.
+        Chunks are matched to the document's stored rows by content (sha256, and its
+        occurrence number for repeated text), not by position: a chunk that is still there
+        keeps its row id and vector even when an edit above it moved its index; rows whose
+        content is gone are deleted; new content is inserted. An identical re-upload
+        changes nothing.
 
         Returns:
-            ``(rows inserted or changed, stale rows deleted)``.
+            ``(rows inserted, rows moved to a new index, stale rows deleted)``.
         """
-        params = {
-            "bucket": self.bucket,
-            "model": self.model,
-            "dims": self.dimensions,
-            "job": self.job_id,
-        }
         schema = sql.Identifier(SCHEMA)
-        upsert = self.conn.execute(
+        params = self._params
+        self.conn.execute(
+            "CREATE TEMP TABLE _final ON COMMIT DROP AS "
+            "SELECT s.*, v.embedding, row_number() OVER "
+            "(PARTITION BY s.source_key, s.sha256 ORDER BY s.chunk_index) AS occ "
+            "FROM _chunks s "
+            "JOIN (SELECT DISTINCT ON (sha256) sha256, embedding FROM _vectors) v USING (sha256)"
+        )
+        self.conn.execute(
             sql.SQL(
-                """
-            INSERT INTO {schema}.chunks AS c (
-                source_bucket, source_key, source_version, chunk_index, text, content_sha256,
-                token_count, char_start, char_end, model, dimensions, embedding, job_id)
-            SELECT %(bucket)s, s.source_key, s.source_version, s.chunk_index, s.text, s.sha256,
-                   s.token_count, s.char_start, s.char_end, %(model)s, %(dims)s, v.embedding,
-                   %(job)s
-            FROM _chunks s
-            JOIN (SELECT DISTINCT ON (seq) seq, embedding FROM _vectors) v USING (seq)
-            ON CONFLICT (source_bucket, source_key, model, dimensions, chunk_index) DO UPDATE
-            SET source_version = EXCLUDED.source_version, text = EXCLUDED.text,
-                content_sha256 = EXCLUDED.content_sha256, token_count = EXCLUDED.token_count,
-                char_start = EXCLUDED.char_start, char_end = EXCLUDED.char_end,
-                embedding = EXCLUDED.embedding, job_id = EXCLUDED.job_id, updated_at = now()
-            WHERE c.content_sha256 IS DISTINCT FROM EXCLUDED.content_sha256
-               OR c.char_start IS DISTINCT FROM EXCLUDED.char_start
-               OR c.char_end IS DISTINCT FROM EXCLUDED.char_end
-               OR c.embedding IS DISTINCT FROM EXCLUDED.embedding
-            """
+                "CREATE TEMP TABLE _existing ON COMMIT DROP AS "
+                "SELECT c.id, c.source_key, c.content_sha256 AS sha256, row_number() OVER "
+                "(PARTITION BY c.source_key, c.content_sha256 ORDER BY c.chunk_index) AS occ "
+                "FROM {schema}.chunks c WHERE c.source_bucket = %(bucket)s "
+                "AND c.model = %(model)s AND c.dimensions = %(dims)s "
+                "AND c.source_key IN (SELECT DISTINCT source_key FROM _chunks)"
             ).format(schema=schema),
             params,
         )
-        written = upsert.rowcount
+        match = sql.SQL("f.source_key = e.source_key AND f.sha256 = e.sha256 AND f.occ = e.occ")
         deleted = self.conn.execute(
             sql.SQL(
-                "DELETE FROM {schema}.chunks c "
-                "WHERE c.source_bucket = %(bucket)s AND c.model = %(model)s "
-                "AND c.dimensions = %(dims)s "
-                "AND c.source_key IN (SELECT DISTINCT source_key FROM _chunks) "
-                "AND NOT EXISTS (SELECT 1 FROM _chunks s "
-                "WHERE s.source_key = c.source_key AND s.chunk_index = c.chunk_index)"
-            ).format(schema=schema),
+                "DELETE FROM {schema}.chunks c USING _existing e WHERE c.id = e.id "
+                "AND NOT EXISTS (SELECT 1 FROM _final f WHERE {match})"
+            ).format(schema=schema, match=match)
+        ).rowcount
+        moved = self.conn.execute(
+            sql.SQL(
+                "UPDATE {schema}.chunks c SET chunk_index = f.chunk_index, "
+                "char_start = f.char_start, char_end = f.char_end, "
+                "source_version = f.source_version, job_id = %(job)s, updated_at = now() "
+                "FROM _existing e JOIN _final f ON {match} WHERE c.id = e.id "
+                "AND (c.chunk_index, c.char_start, c.char_end) "
+                "IS DISTINCT FROM (f.chunk_index, f.char_start, f.char_end)"
+            ).format(schema=schema, match=match),
             params,
         ).rowcount
-        return written, deleted
+        written = self.conn.execute(
+            sql.SQL(
+                "INSERT INTO {schema}.chunks (source_bucket, source_key, source_version, "
+                "chunk_index, text, content_sha256, token_count, char_start, char_end, model, "
+                "dimensions, embedding, job_id) "
+                "SELECT %(bucket)s, f.source_key, f.source_version, f.chunk_index, f.text, "
+                "f.sha256, f.token_count, f.char_start, f.char_end, %(model)s, %(dims)s, "
+                "f.embedding, %(job)s FROM _final f "
+                "WHERE NOT EXISTS (SELECT 1 FROM _existing e WHERE {match})"
+            ).format(schema=schema, match=match),
+            params,
+        ).rowcount
+        return written, moved, deleted
+
+
+def delete_document(conn: Conn, *, bucket: str, key: str) -> int:
+    """Delete every row of the object ``key`` (all models; for a bundle, all its documents).
+
+    Returns:
+        Rows deleted.
+    """
+    with conn.transaction():
+        return conn.execute(
+            sql.SQL(
+                "DELETE FROM {schema}.chunks WHERE source_bucket = %(bucket)s "
+                "AND (source_key = %(key)s OR left(source_key, %(n)s) = %(prefix)s)"
+            ).format(schema=sql.Identifier(SCHEMA)),
+            {"bucket": bucket, "key": key, "n": len(key) + 1, "prefix": key + "#"},
+        ).rowcount
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,9 @@ RECOVERY_SCAN_LIMIT = 500
 def build_and_upload_jsonl(
     job: ReservedJob, settings: Settings, *, limits: BatchLimits | None = None
 ) -> UploadedJob:
-    """Pack the manifest's chunks into ``/v1/embeddings`` request lines and upload the files.
+    """Pack what is left to embed into ``/v1/embeddings`` request lines and upload the files.
+
+    The rows come from CheckCache's embed manifest (distinct contents not yet stored).
 
     Files are written to a temporary directory (Lambda: ``/tmp``) and uploaded with
     ``purpose="batch"``.
@@ -48,10 +50,11 @@ def build_and_upload_jsonl(
     """
     client = get_client(settings)
     uploaded: list[BatchFile] = []
+    source = job.embed.manifest if job.embed is not None and job.embed.manifest else job.manifest
     with tempfile.TemporaryDirectory(prefix="batch-embedder-") as tmp:
         rows = (
             (int(r["seq"]), str(r["text"]), int(r["token_count"]))
-            for r in s3.iter_jsonl(job.manifest.bucket, job.manifest.key)
+            for r in s3.iter_jsonl(source.bucket, source.key)
         )
         planned = write_batch_files(
             rows,
@@ -238,6 +241,7 @@ def poll_batches(job: SubmittedJob, settings: Settings) -> SubmittedJob:
     in_flight = sum(1 for r in refs if r.status not in TERMINAL)
     metrics.add_metric(name="batches_in_flight", unit=MetricUnit.Count, value=in_flight)
     status = overall_status([r.status for r in refs])
+    fallback = settings.sync_fallback and status in ("failed", "expired")
     wait = min(
         settings.poll_max_wait_seconds,
         max(settings.poll_initial_wait_seconds, job.poll.wait_seconds * 2),
@@ -245,6 +249,9 @@ def poll_batches(job: SubmittedJob, settings: Settings) -> SubmittedJob:
     logger.info("polled", extra={"status": status, "next_wait_seconds": wait})
     data = job.model_dump()
     data.update(
-        batches=refs, poll=PollState(status=status, wait_seconds=wait, polls=job.poll.polls + 1)
+        batches=refs,
+        poll=PollState(
+            status=status, wait_seconds=wait, polls=job.poll.polls + 1, fallback=fallback
+        ),
     )
     return SubmittedJob(**data)

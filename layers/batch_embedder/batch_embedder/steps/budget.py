@@ -52,7 +52,10 @@ def _warn(settings: Settings, scopes: list[budget.BudgetScope], tokens: int, day
 
 
 def reserve_budget(job: ChunkedJob, settings: Settings) -> BudgetDecision:
-    """Reserve ``job.tokens`` in every scope of the job (idempotent per job).
+    """Reserve the tokens the job will pay for in every scope of the job (idempotent per job).
+
+    That is ``job.embed.tokens`` once CheckCache ran (cached content costs nothing), else
+    ``job.tokens``.
 
     Returns:
         The job with its reservation; with ``BUDGET_EXCEEDED_ACTION=wait`` and no room
@@ -64,18 +67,19 @@ def reserve_budget(job: ChunkedJob, settings: Settings) -> BudgetDecision:
             asked for and how many remain. Nothing is reserved then.
     """
     scopes = scopes_for(settings, job.model, job.document.key)
+    tokens = job.embed.tokens if job.embed is not None else job.tokens  # cache hits are free
     try:
         reservation = budget.reserve(
             jobs_table=settings.jobs_table,
             usage_table=settings.usage_table,
             job_id=job.job_id,
             key=job.document.key,
-            tokens=job.tokens,
+            tokens=tokens,
             scopes=scopes,
             hold_seconds=settings.reservation_hold_seconds,
         )
     except BudgetExceededError as exc:
-        if settings.budget_exceeded_action == "wait" and job.tokens <= exc.limit_tokens:
+        if settings.budget_exceeded_action == "wait" and tokens <= exc.limit_tokens:
             wait = budget.seconds_to_next_day()
             logger.warning(
                 "over budget: waiting for the next UTC day", extra={"wait_seconds": wait}

@@ -203,6 +203,9 @@ def chunk_and_estimate(request: ChunkRequest, settings: Settings) -> ChunkedJob:
         raise InvalidDocumentError(
             obj.key, f"holds no document with text to embed ({rejected.count} rejected: {detail})"
         )
+    urgent = any(obj.key.startswith(p) for p in settings.sync_prefixes) or s3.has_tag(
+        bucket, obj.key, obj.version_id, "priority", "urgent"
+    )
     cost = pricing.breakdown(settings.embedding_model, counts["tokens"])
     metrics.add_metric(name="chunks", unit=MetricUnit.Count, value=counts["chunks"])
     metrics.add_metric(name="estimated_tokens", unit=MetricUnit.Count, value=counts["tokens"])
@@ -232,4 +235,5 @@ def chunk_and_estimate(request: ChunkRequest, settings: Settings) -> ChunkedJob:
         documents=counts["documents"],
         rejected_count=rejected.count,
         rejected=rejected.shown,
+        urgent=urgent,
     )

@@ -17,13 +17,16 @@ metrics = Metrics()
 def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
     """Settle the reservation with the billed tokens and record what the job cost.
 
-    Ledger record (usage table, ``pk = ledger#<day>``, ``sk = job_id``): job, source, day,
-    model, api, tokens billed, price per 1M used, cost, standard-price cost of the same
-    tokens, naive cost (every chunk through the synchronous API at standard price), saved
-    (USD).
-    Idempotent: a retry commits nothing twice and overwrites the same record.
+    Batch API tokens are priced at the batch price, synchronous ones at the standard price;
+    cached content costs nothing. Ledger record (usage table, ``pk = ledger#<day>``,
+    ``sk = job_id``): job, source, day, model, api, tokens billed, price per 1M used, cost,
+    standard-price cost of the same tokens, naive cost (every chunk through the synchronous
+    API at standard price, cache hits included), saved, cache hits and the cost they
+    avoided (USD). Idempotent: a retry commits nothing twice and overwrites the same record.
     """
-    billed = job.written.billed_tokens
+    batch_tokens = job.written.billed_tokens
+    sync_tokens = job.written.sync_billed_tokens
+    billed = batch_tokens + sync_tokens
     budget.settle(
         jobs_table=settings.jobs_table,
         usage_table=settings.usage_table,
@@ -31,8 +34,20 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
         billed_tokens=billed,
         outcome="committed",
     )
-    cost = pricing.breakdown(job.model, billed)
     price = pricing.price_for(job.model)
+    cost = pricing.cost_usd(batch_tokens, price.batch) + pricing.cost_usd(
+        sync_tokens, price.standard
+    )
+    standard = pricing.cost_usd(billed, price.standard)
+    naive = pricing.cost_usd(job.tokens, price.standard)
+    plan = job.embed
+    api: str = plan.api if plan is not None else "batch"
+    if sync_tokens and batch_tokens:
+        api = "batch+sync"  # a batch finished through the synchronous fallback
+    elif sync_tokens:
+        api = "sync"
+    cached_tokens = plan.cached_tokens if plan is not None else 0
+    avoided_price = price.standard if api == "sync" else price.batch
     day = job.reservation.day
     summary = JobSummary(
         job_id=job.job_id,
@@ -44,13 +59,18 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
         tokens=job.tokens,
         billed_tokens=billed,
         vectors_written=job.written.vectors_written,
-        cost_usd=float(cost.batch_usd),
-        standard_cost_usd=float(cost.standard_usd),
-        saved_usd=float(cost.saved_usd),
+        cost_usd=float(cost),
+        standard_cost_usd=float(standard),
+        saved_usd=float(standard - cost),
         day=day,
         documents=job.documents,
         rejected_count=job.rejected_count,
         rejected=job.rejected,
+        api=api,
+        cache_hits=plan.cache_hits if plan is not None else 0,
+        tokens_saved=cached_tokens,
+        cost_avoided_usd=float(pricing.cost_usd(cached_tokens, avoided_price)),
+        naive_cost_usd=float(naive),
     )
     jobs.put_ledger_record(
         settings.usage_table,
@@ -62,13 +82,16 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
             "day": day,
             "model": job.model,
             "status": "SUCCEEDED",
+            "api": api,
             "tokens": billed,
-            "price_per_million_usd": float(price.batch),
+            "price_per_million_usd": float(price.standard if api == "sync" else price.batch),
             "cost_usd": summary.cost_usd,
             "standard_cost_usd": summary.standard_cost_usd,
             "saved_usd": summary.saved_usd,
-            "api": "batch",
-            "naive_cost_usd": float(pricing.breakdown(job.model, job.tokens).standard_usd),
+            "naive_cost_usd": summary.naive_cost_usd,
+            "cache_hits": summary.cache_hits,
+            "tokens_saved": summary.tokens_saved,
+            "cost_avoided_usd": summary.cost_avoided_usd,
         },
     )
     jobs.mark_finished(
@@ -81,5 +104,5 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
     metrics.add_metric(name="saved_usd", unit=MetricUnit.NoUnit, value=summary.saved_usd)
     metrics.add_metric(name="chunks", unit=MetricUnit.Count, value=job.chunks)
     metrics.add_metric(name="vectors_written", unit=MetricUnit.Count, value=summary.vectors_written)
-    logger.info("cost recorded", extra=summary.model_dump())
+    logger.info("cost recorded", extra=summary.model_dump(exclude={"rejected"}))
     return summary

@@ -16,6 +16,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from .. import pricing
 from ..aws import budget, jobs
+from ..db import cache
+from ..db.connection import connect_settings
 from ..models import BatchRef, FailedState, FailureInput, FailureOutcome
 from ..openai_client import get_client
 from ..openai_files import iter_jsonl_file
@@ -29,6 +31,7 @@ ERROR_STATES: dict[str, FailedState] = {
     "InvalidDocumentError": "InvalidDocument",
     "BudgetExceededError": "BudgetExceeded",
     "EmbeddingsIncompleteError": "EmbeddingsIncomplete",
+    "CacheNotReadyError": "EmbeddingsIncomplete",
 }
 BATCH_STATES: dict[str, FailedState] = {
     "failed": "BatchFailed",
@@ -92,6 +95,16 @@ def _billed_tokens(
     return billed, refs, details
 
 
+def _release_claims(settings: Settings, job_id: str) -> None:
+    """Let other executions embed what this one had claimed (best effort: claims also go
+    stale after ``CLAIM_STALE_SECONDS``)."""
+    try:
+        with connect_settings(settings) as conn, conn.transaction():
+            cache.release_claims(conn, job_id)
+    except Exception:
+        logger.exception("could not release the job's content claims; they will go stale")
+
+
 def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
     """Record why the job failed, settle its reservation and pick the Fail state.
 
@@ -109,6 +122,7 @@ def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
             billed, refs, details = _billed_tokens(settings, [b.batch_id for b in refs])
         except Exception:  # a failure path must still release the reservation
             logger.exception("could not read the batches' usage; committing 0 tokens")
+    _release_claims(settings, failure.job_id)
     if failure.batch_files:
         # Running batches were cancelled above: none counts against the queue any more.
         model = failure.model or settings.embedding_model

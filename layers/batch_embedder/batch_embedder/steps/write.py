@@ -1,4 +1,4 @@
-"""FetchAndWrite: stream the batch output and write every chunk's vector to pgvector."""
+"""FetchAndWrite: stream the new embeddings and write every chunk's vector to pgvector."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from ..aws import s3
 from ..batch_files import parse_custom_id
+from ..db import cache
 from ..db.connection import connect_settings
 from ..db.vectors import ChunkWriter
-from ..errors import EmbeddingsIncompleteError
-from ..models import SubmittedJob, WriteResult, WrittenJob
+from ..errors import CacheNotReadyError, EmbeddingsIncompleteError
+from ..models import WriteInput, WriteResult, WrittenJob
 from ..openai_client import get_client
 from ..openai_files import decode_embedding, iter_jsonl_file
 from ..settings import Settings
@@ -24,16 +25,17 @@ metrics = Metrics()
 
 
 class _OutputReader:
-    """Turns batch output records into ``(chunk_index, vector)`` and sums billed tokens."""
+    """Turns output records (Batch API or sync) into ``(sha256, vector)``, summing usage."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, seq_to_sha: dict[int, str]) -> None:
         self.job_id = job_id
+        self.seq_to_sha = seq_to_sha
         self.billed_tokens = 0
         self.failed_requests = 0
 
     def vectors(
         self, records: Iterator[dict[str, Any]]
-    ) -> Iterator[tuple[int, np.ndarray[Any, Any]]]:
+    ) -> Iterator[tuple[str, np.ndarray[Any, Any]]]:
         for record in records:
             job_id, first, end = parse_custom_id(str(record["custom_id"]))
             if job_id != self.job_id:
@@ -50,25 +52,37 @@ class _OutputReader:
                     f"{record['custom_id']}: {len(data)} vectors for {end - first} inputs"
                 )
             for item in data:
-                index = first + int(item["index"])
-                if not first <= index < end:
+                seq = first + int(item["index"])
+                if not first <= seq < end or seq not in self.seq_to_sha:
                     raise ValueError(f"{record['custom_id']}: index {item['index']} out of range")
-                yield index, decode_embedding(item["embedding"])
+                yield self.seq_to_sha[seq], decode_embedding(item["embedding"])
 
 
-def fetch_and_write(job: SubmittedJob, settings: Settings) -> WrittenJob:
-    """Write the document's vectors, all or nothing, from the completed batches' output.
+def fetch_and_write(job: WriteInput, settings: Settings) -> WrittenJob:
+    """Write the job's vectors, all or nothing: new ones from the batches' output files and
+    the sync output, the rest from the cache.
 
     Output lines are matched by ``custom_id`` and ``data[].index`` (the output is not in
-    input order), streamed (never a whole file in memory) and bulk-COPY'd.
+    input order), streamed (never a whole file in memory) and bulk-COPY'd. The job's claims
+    on the content it embedded are released in the same transaction.
 
     Raises:
+        CacheNotReadyError: content another execution is embedding has not landed yet (the
+            state machine retries).
         EmbeddingsIncompleteError: some chunks have no vector (their requests are in the
             error file); nothing is written.
         ValueError: an output line does not belong to this job or is malformed.
     """
-    client = get_client(settings)
-    reader = _OutputReader(job.job_id)
+    plan = job.embed
+    seq_to_sha: dict[int, str] = {}
+    if plan is not None and plan.manifest is not None:
+        for r in s3.iter_jsonl(plan.manifest.bucket, plan.manifest.key):
+            seq_to_sha[int(r["seq"])] = str(r["sha256"])
+    else:  # a job planned before the cache existed: the manifest's seqs are the embed seqs
+        for r in s3.iter_jsonl(job.manifest.bucket, job.manifest.key):
+            seq_to_sha[int(r["seq"])] = str(r["sha256"])
+    batch_reader = _OutputReader(job.job_id, seq_to_sha)
+    sync_reader = _OutputReader(job.job_id, seq_to_sha)
     with (
         connect_settings(settings) as conn,
         ChunkWriter(
@@ -94,30 +108,51 @@ def fetch_and_write(job: SubmittedJob, settings: Settings) -> WrittenJob:
             )
             for r in s3.iter_jsonl(job.manifest.bucket, job.manifest.key)
         )
-        for batch in job.batches:
-            if batch.output_file_id:
-                writer.copy_vectors(reader.vectors(iter_jsonl_file(client, batch.output_file_id)))
-            if batch.error_file_id:
-                reader.failed_requests += sum(
-                    1 for _ in iter_jsonl_file(client, batch.error_file_id)
+        if job.batches:
+            client = get_client(settings)
+            for batch in job.batches:
+                if batch.output_file_id:
+                    writer.copy_vectors(
+                        batch_reader.vectors(iter_jsonl_file(client, batch.output_file_id))
+                    )
+                if batch.error_file_id:
+                    batch_reader.failed_requests += sum(
+                        1 for _ in iter_jsonl_file(client, batch.error_file_id)
+                    )
+        if job.sync is not None:
+            writer.copy_vectors(
+                sync_reader.vectors(s3.iter_jsonl(job.sync.location.bucket, job.sync.location.key))
+            )
+        writer.fill_from_cache()
+        missing = writer.missing()
+        if missing:
+            failed = batch_reader.failed_requests + sync_reader.failed_requests
+            mine = set(seq_to_sha.values())
+            if plan is not None and plan.awaited and not (set(missing) & mine) and not failed:
+                raise CacheNotReadyError(
+                    f"{job.document.key}: {len(missing)} content(s) are still being embedded "
+                    "by another execution"
                 )
-        received = writer.vector_count()
-        if received != job.chunks:
             raise EmbeddingsIncompleteError(
                 key=job.document.key,
                 expected=job.chunks,
-                received=received,
-                failed_requests=reader.failed_requests,
+                received=job.chunks - writer.chunks_without_vector(),
+                failed_requests=failed,
             )
-        written, deleted = writer.merge()
+        written, moved, deleted = writer.merge()
+        cache.release_claims(conn, job.job_id)
     metrics.add_metric(name="vectors_written", unit=MetricUnit.Count, value=written)
-    logger.info("written", extra={"vectors_written": written, "rows_deleted": deleted})
+    logger.info(
+        "written", extra={"vectors_written": written, "rows_moved": moved, "rows_deleted": deleted}
+    )
     return WrittenJob(
         **job.model_dump(),
         written=WriteResult(
             vectors_written=written,
+            rows_moved=moved,
             rows_deleted=deleted,
-            billed_tokens=reader.billed_tokens,
-            failed_requests=reader.failed_requests,
+            billed_tokens=batch_reader.billed_tokens,
+            sync_billed_tokens=sync_reader.billed_tokens,
+            failed_requests=batch_reader.failed_requests + sync_reader.failed_requests,
         ),
     )

@@ -1,0 +1,28 @@
+"""DeleteDocument: an "Object Deleted" event (or a delete marker) removes the object's rows."""
+
+from __future__ import annotations
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+from ..db.connection import connect_settings
+from ..db.vectors import delete_document
+from ..models import DeleteRequest, DeleteResult
+from ..settings import Settings
+
+logger = Logger(child=True)
+metrics = Metrics()
+
+
+def delete_object_rows(request: DeleteRequest, settings: Settings) -> DeleteResult:
+    """Delete every row of the deleted object, for every model (a bundle: all its documents).
+
+    Idempotent: deleting again removes nothing more.
+    """
+    bucket = request.event.detail.bucket.name
+    key = request.event.detail.object.key
+    with connect_settings(settings) as conn:
+        deleted = delete_document(conn, bucket=bucket, key=key)
+    metrics.add_metric(name="rows_deleted", unit=MetricUnit.Count, value=deleted)
+    logger.info("document deleted", extra={"key": key, "rows_deleted": deleted})
+    return DeleteResult(bucket=bucket, key=key, rows_deleted=deleted)
