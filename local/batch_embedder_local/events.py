@@ -62,9 +62,7 @@ def capture(stack: LocalStack) -> dict[str, Any]:
     urgent = stack.start_execution(
         stack.upload(URGENT_KEY, URGENT_FILE.read_bytes()), name=URGENT_JOB_ID
     )
-    results = stack.wait(
-        {ok: SAMPLE_KEY, bad: "docs/empty.txt", urgent: URGENT_KEY}, timeout=300
-    )
+    results = stack.wait({ok: SAMPLE_KEY, bad: "docs/empty.txt", urgent: URGENT_KEY}, timeout=300)
     if [r.status for r in results] != ["SUCCEEDED", "FAILED", "SUCCEEDED"]:
         raise RuntimeError(f"sample run did not go as expected: {results}")
     deleted_event = stack.delete(SAMPLE_KEY)

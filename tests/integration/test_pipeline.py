@@ -236,25 +236,31 @@ def test_search_finds_the_document_a_sentence_was_taken_from(
 def test_full_batch_queue_waits_instead_of_failing(
     stack: Any, monkeypatch: Any, emulator: Any
 ) -> None:
-    import os
+    import time
 
     from batch_embedder.settings import Settings
     from batch_embedder.steps.batch import batch_queue
 
-    # Room for one of the two jobs at a time: the other waits in WaitForBatchQueue.
+    # Room for one of the two jobs at a time: the second waits in WaitForBatchQueue.
     monkeypatch.setenv("BATCH_ENQUEUED_TOKEN_CAP", "12000")
     monkeypatch.setenv("BATCH_QUEUE_FULL_WAIT_SECONDS", "1")
-    emulator.update_config(batch_in_progress_seconds=5.0)
-    files = [
-        (f"queue/{n}", (SAMPLES / n).read_bytes())
-        for n in ("controlflow.rst.txt", "classes.rst.txt")
-    ]
-    results = stack.ingest(files, timeout=300)
+    emulator.update_config(batch_in_progress_seconds=6.0)
+    first = stack.start_execution(
+        stack.upload("queue/a.rst.txt", fresh("controlflow.rst.txt", "queue"))
+    )
+    deadline = time.monotonic() + 60
+    while stack.current_state(first) not in {"WaitForBatch", "PollBatch", "BatchStatus"}:
+        assert time.monotonic() < deadline, stack.current_state(first)
+        time.sleep(0.2)
+    second = stack.start_execution(
+        stack.upload("queue/b.rst.txt", fresh("classes.rst.txt", "queue"))
+    )
+    results = stack.wait({first: "queue/a.rst.txt", second: "queue/b.rst.txt"}, timeout=300)
     assert [r.status for r in results] == ["SUCCEEDED", "SUCCEEDED"], [r.cause for r in results]
-    assert any("WaitForBatchQueue" in r.states for r in results)
+    assert "WaitForBatchQueue" not in results[0].states
+    assert "WaitForBatchQueue" in results[1].states
     queue = batch_queue(Settings(), "text-embedding-3-small").state()
     assert queue.enqueued_tokens == 0  # every finished batch gave its tokens back
-    assert os.environ["BATCH_ENQUEUED_TOKEN_CAP"] == "12000"
 
 
 def test_executions_racing_for_the_last_tokens_never_pass_the_limit(

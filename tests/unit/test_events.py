@@ -93,8 +93,10 @@ def test_events_replay_through_their_handlers_in_order(stack: Any) -> None:
     first["event"]["detail"]["bucket"]["name"] = stack.documents_bucket
     first["event"]["detail"]["object"]["version-id"] = put["VersionId"]
     live = invoke(stack, "ChunkAndEstimateFunction", first)
-    order = ["check_cache.json", "budget_check.json", "build_and_upload_jsonl.json",
-             "create_batch.json", "poll_batch.json", "fetch_and_write.json", "record_cost.json"]  # fmt: skip
+    order = [
+        "check_cache.json", "budget_check.json", "build_and_upload_jsonl.json",
+        "create_batch.json", "poll_batch.json", "fetch_and_write.json", "record_cost.json",
+    ]  # fmt: skip
     for name in order:
         recorded = load(name)
         assert mask(live) == mask(recorded), name
