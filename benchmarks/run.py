@@ -160,8 +160,8 @@ def bench_pgvector(url: str, all_chunks: list[tuple[str, Any]], rows: int) -> di
                  c.char_start, c.char_end)
                 for i, c in enumerate(flat)
             )  # fmt: skip
-            writer.copy_vectors((i, vectors[i]) for i in range(len(flat)))
-            written, _ = writer.merge()
+            writer.copy_vectors((c.sha256, vectors[i]) for i, c in enumerate(flat))
+            written, _, _ = writer.merge()
         indexed_s = time.perf_counter() - t
         conn.execute("DELETE FROM batch_embedder.chunks WHERE source_bucket = 'bench'")
         conn.commit()
