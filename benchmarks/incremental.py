@@ -75,7 +75,9 @@ def lookup_speed(stack: Any) -> dict[str, Any]:
     from batch_embedder.db.connection import connect
 
     with connect(stack.database_url) as conn:
-        hashes = [r[0] for r in conn.execute("SELECT content_sha256 FROM batch_embedder.chunks")]
+        hashes = [
+            str(r[0]) for r in conn.execute("SELECT content_sha256 FROM batch_embedder.chunks")
+        ]
         rows = len(hashes)
         probe = hashes + [f"{i:064x}" for i in range(len(hashes))]  # half hits, half misses
         random.Random(0).shuffle(probe)
@@ -109,7 +111,9 @@ def main() -> int:
     changed = [(k, edit(b, "v2") if i in edited else b) for i, (k, b) in enumerate(docs)]
     figures: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        ),
         "files_edited": len(edited),
     }
     with LocalStack(home, log_file=home / "lambda.log", persist=False) as stack:
