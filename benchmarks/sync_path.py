@@ -120,16 +120,13 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     """The benchmark; returns ``(figures, problems)`` (no problems: the run is correct)."""
     import moto
     import openai
-    from moto import mock_aws
 
-    from batch_embedder.aws import clients, dynamodb
     from batch_embedder.aws.token_bucket import Acquire, TokenBucket
     from batch_embedder.batch_files import BatchLimits
     from batch_embedder.sync_embed import SyncResult, embed_sync
-    from batch_embedder_local.lambda_adapter import install_dynamodb_request_lock
+    from batch_embedder_local.moto_tables import moto_table
     from batch_embedder_local.openai_server import EmulatorConfig, OpenAIEmulator
     from batch_embedder_local.openai_server.ratelimit import RateLimiter, RateLimitExceeded
-    from batch_embedder_local.template import load_template
 
     t = time.perf_counter()
     corpus, rows = load_rows(args.chunks)
@@ -176,19 +173,9 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     results: list[SyncResult | None] = [None] * len(slices)
     errors: list[str] = []
 
-    with mock_aws():
-        dynamodb.reset()
-        clients.reset()
-        remove_lock = install_dynamodb_request_lock()
+    with moto_table("UsageTable", TABLE):
         emulator.start()
         try:
-            props = load_template()["Resources"]["UsageTable"]["Properties"]
-            dynamodb.ddb().create_table(
-                TableName=TABLE,
-                AttributeDefinitions=props["AttributeDefinitions"],
-                KeySchema=props["KeySchema"],
-                BillingMode=props["BillingMode"],
-            )
             client = openai.OpenAI(api_key="bench", base_url=emulator.base_url, max_retries=0)
             client.embeddings.create(model=MODEL, input=["warm up"])  # outside the figures
             emulator.counters.reset()
@@ -241,9 +228,6 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
             stats = emulator.stats()
         finally:
             emulator.stop()
-            remove_lock()
-            dynamodb.reset()
-            clients.reset()
 
     done_results = [r for r in results if r is not None]
     vectors = [v for r in done_results for v in r.vectors]

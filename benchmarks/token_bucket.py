@@ -24,12 +24,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from moto import mock_aws
-
-from batch_embedder.aws import clients, dynamodb
 from batch_embedder.aws.token_bucket import TokenBucket
-from batch_embedder_local.lambda_adapter import install_dynamodb_request_lock
-from batch_embedder_local.template import load_template
+from batch_embedder_local.moto_tables import moto_table
 
 TABLE = "usage-bench"
 
@@ -42,17 +38,6 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown CPU"
-
-
-def create_table() -> None:
-    """The usage table, from template.yaml's own definition."""
-    props = load_template()["Resources"]["UsageTable"]["Properties"]
-    dynamodb.ddb().create_table(
-        TableName=TABLE,
-        AttributeDefinitions=props["AttributeDefinitions"],
-        KeySchema=props["KeySchema"],
-        BillingMode=props["BillingMode"],
-    )
 
 
 def run(workers: int, ops: int) -> tuple[float, int, int]:
@@ -120,23 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"ops:     {args.ops} try_acquire calls per run, bucket never empty\n")
     print(f"{'threads':>7}  {'ops/s':>8}  {'ms/op':>6}  {'granted':>7}  {'conflicts':>9}  per op")
-    with mock_aws():
-        dynamodb.reset()
-        clients.reset()
-        remove = install_dynamodb_request_lock()
-        try:
-            create_table()
-            run(1, 50)  # warm up boto3 and moto
-            for workers in counts:
-                seconds, granted, conflicts = run(workers, args.ops)
-                print(
-                    f"{workers:>7}  {granted / seconds:>8.0f}  {1000 * seconds / args.ops:>6.2f}  "
-                    f"{granted:>7}  {conflicts:>9}  {conflicts / args.ops:.2f}"
-                )
-        finally:
-            remove()
-            dynamodb.reset()
-            clients.reset()
+    with moto_table("UsageTable", TABLE):
+        run(1, 50)  # warm up boto3 and moto
+        for workers in counts:
+            seconds, granted, conflicts = run(workers, args.ops)
+            print(
+                f"{workers:>7}  {granted / seconds:>8.0f}  {1000 * seconds / args.ops:>6.2f}  "
+                f"{granted:>7}  {conflicts:>9}  {conflicts / args.ops:.2f}"
+            )
     return 0
 
 

@@ -16,6 +16,7 @@ from moto import mock_aws
 from batch_embedder import pricing
 from batch_embedder.aws import clients, dynamodb, jobs
 from batch_embedder_local import costs
+from batch_embedder_local.moto_tables import create_table
 from batch_embedder_local.template import load_template
 
 SMALL, LARGE = "text-embedding-3-small", "text-embedding-3-large"
@@ -62,13 +63,7 @@ def _write_ledger(table: str) -> None:
 
 
 def _create_usage_table(name: str) -> str:
-    props = load_template()["Resources"]["UsageTable"]["Properties"]
-    boto3.client("dynamodb").create_table(
-        TableName=name,
-        AttributeDefinitions=props["AttributeDefinitions"],
-        KeySchema=props["KeySchema"],
-        BillingMode=props["BillingMode"],
-    )
+    create_table("UsageTable", name)
     return name
 
 

@@ -15,9 +15,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from moto import mock_aws
 
-from batch_embedder.aws import clients, dynamodb
+from batch_embedder.aws import dynamodb
 from batch_embedder.aws.token_bucket import (
     CONTENTION_WAIT_SECONDS,
     Acquire,
@@ -28,8 +27,7 @@ from batch_embedder.aws.token_bucket import (
     retry_after_seconds,
 )
 from batch_embedder.errors import BatchEmbedderError
-from batch_embedder_local.lambda_adapter import install_dynamodb_request_lock
-from batch_embedder_local.template import load_template
+from batch_embedder_local.moto_tables import moto_table
 
 #: A realistic epoch (2027-01-15), so Decimal precision is exercised on large numbers.
 T0 = 1_800_000_000.0
@@ -38,32 +36,10 @@ TICK = 0.25
 
 
 @pytest.fixture()
-def table(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def table() -> Iterator[str]:
     """The usage table, created from template.yaml's own definition, on moto."""
-    for name, value in {
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-    }.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        dynamodb.reset()
-        clients.reset()
-        remove = install_dynamodb_request_lock()
-        try:
-            props = load_template()["Resources"]["UsageTable"]["Properties"]
-            dynamodb.ddb().create_table(
-                TableName="usage",
-                AttributeDefinitions=props["AttributeDefinitions"],
-                KeySchema=props["KeySchema"],
-                BillingMode=props["BillingMode"],
-            )
-            yield "usage"
-        finally:
-            remove()
-            dynamodb.reset()
-            clients.reset()
+    with moto_table("UsageTable", "usage") as name:
+        yield name
 
 
 class ManualClock:

@@ -31,17 +31,7 @@ BatchStatus = Literal[
     "cancelled",
 ]
 #: The poll loop's status: a batch status, or "queued" while the Batch API's queue is full.
-PollStatus = Literal[
-    "queued",
-    "validating",
-    "in_progress",
-    "finalizing",
-    "completed",
-    "failed",
-    "expired",
-    "cancelling",
-    "cancelled",
-]
+PollStatus = BatchStatus | Literal["queued"]
 
 
 class Contract(BaseModel):

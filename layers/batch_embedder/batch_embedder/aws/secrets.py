@@ -8,6 +8,7 @@ with a message that says how to set it. Values are never logged.
 from __future__ import annotations
 
 from aws_lambda_powertools.utilities import parameters
+from pydantic import SecretStr
 
 from ..errors import ConfigurationError
 from ..settings import Settings
@@ -26,19 +27,27 @@ def _from_secret(secret_id: str, max_age: int, what: str) -> str:
     return value.strip()
 
 
+def _resolve(direct: SecretStr | None, secret_id: str, max_age: int, what: str, env: str) -> str:
+    if direct is not None:
+        return direct.get_secret_value()
+    if secret_id:
+        return _from_secret(secret_id, max_age, what)
+    raise ConfigurationError(f"set {env} or {env}_SECRET_ID")
+
+
 def openai_api_key(settings: Settings) -> str:
     """The OpenAI API key: ``OPENAI_API_KEY`` or the secret ``OPENAI_API_KEY_SECRET_ID``.
 
     Raises:
         ConfigurationError: neither is set, or the secret holds the placeholder.
     """
-    if settings.openai_api_key is not None:
-        return settings.openai_api_key.get_secret_value()
-    if settings.openai_api_key_secret_id:
-        return _from_secret(
-            settings.openai_api_key_secret_id, settings.secret_max_age_seconds, "OpenAI API key"
-        )
-    raise ConfigurationError("set OPENAI_API_KEY or OPENAI_API_KEY_SECRET_ID")
+    return _resolve(
+        settings.openai_api_key,
+        settings.openai_api_key_secret_id,
+        settings.secret_max_age_seconds,
+        "OpenAI API key",
+        "OPENAI_API_KEY",
+    )
 
 
 def database_url(settings: Settings) -> str:
@@ -47,10 +56,10 @@ def database_url(settings: Settings) -> str:
     Raises:
         ConfigurationError: neither is set, or the secret holds the placeholder.
     """
-    if settings.database_url is not None:
-        return settings.database_url.get_secret_value()
-    if settings.database_url_secret_id:
-        return _from_secret(
-            settings.database_url_secret_id, settings.secret_max_age_seconds, "DATABASE_URL"
-        )
-    raise ConfigurationError("set DATABASE_URL or DATABASE_URL_SECRET_ID")
+    return _resolve(
+        settings.database_url,
+        settings.database_url_secret_id,
+        settings.secret_max_age_seconds,
+        "DATABASE_URL",
+        "DATABASE_URL",
+    )
