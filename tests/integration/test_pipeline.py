@@ -287,3 +287,40 @@ def test_executions_racing_for_the_last_tokens_never_pass_the_limit(
     assert after["held_tokens"] <= held + 3 * tokens + tokens // 2
     for r in lost:
         assert rows(db, r.key) == []
+
+
+def test_create_batch_never_creates_a_second_batch_on_retry(
+    stack: Any, ingested: list[Any], emulator: Any
+) -> None:
+    import json
+    import os
+
+    history = stack.history(ingested[0].execution_arn)
+    entered = {
+        e["stateEnteredEventDetails"]["name"]: json.loads(e["stateEnteredEventDetails"]["input"])
+        for e in reversed(history)
+        if "stateEnteredEventDetails" in e
+    }
+    job = entered["CreateBatch"]
+    created = [b["batch_id"] for b in entered["PollBatch"]["batches"]]
+    before = emulator.stats()["batches_created"]
+
+    def invoke() -> list[str]:
+        resp = boto3.client("lambda").invoke(
+            FunctionName=stack.refs["CreateBatchFunction"], Payload=json.dumps(job).encode()
+        )
+        assert "FunctionError" not in resp
+        return [b["batch_id"] for b in json.loads(resp["Payload"].read())["batches"]]
+
+    assert invoke() == created  # a plain retry: the recorded id is reused
+    # A retry after a crash between the claim and recording the id: found by its metadata.
+    table = boto3.resource("dynamodb").Table(os.environ["JOBS_TABLE"])
+    file_id = job["batch_files"][0]["file_id"]
+    table.update_item(
+        Key={"job_id": job["job_id"]},
+        UpdateExpression="SET #a = :c",
+        ExpressionAttributeNames={"#a": f"batch#{file_id}"},
+        ExpressionAttributeValues={":c": "creating"},
+    )
+    assert invoke() == created
+    assert emulator.stats()["batches_created"] == before

@@ -150,21 +150,24 @@ def create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
         if recorded and recorded != jobs.CREATING:
             refs.append(BatchRef(batch_id=recorded, input_file_id=f.file_id))
             continue
-        grant = queue.reserve_batch(queue_key(job.job_id, f.file_id), f.tokens)
-        if not grant.granted:
-            wait = max(1, math.ceil(grant.wait_seconds))
-            metrics.add_metric(name="throttled_waits", unit=MetricUnit.Count, value=1)
-            logger.info("batch queue full", extra={"wait_seconds": wait, "tokens": f.tokens})
-            return SubmittedJob(
-                **job.model_dump(),
-                batches=refs,
-                poll=PollState(status="queued", wait_seconds=wait, polls=0),
-            )
         batch: Batch | None = None
-        if recorded is None and jobs.claim_batch(settings.jobs_table, job.job_id, f.file_id):
-            pass
-        else:
+        if recorded == jobs.CREATING:  # an earlier attempt died between create and record
             batch = _find_created_batch(client, job.job_id, f.file_id)
+        if batch is None:
+            grant = queue.reserve_batch(queue_key(job.job_id, f.file_id), f.tokens)
+            if not grant.granted:
+                wait = max(1, math.ceil(grant.wait_seconds))
+                metrics.add_metric(name="throttled_waits", unit=MetricUnit.Count, value=1)
+                logger.info("batch queue full", extra={"wait_seconds": wait, "tokens": f.tokens})
+                return SubmittedJob(
+                    **job.model_dump(),
+                    batches=refs,
+                    poll=PollState(status="queued", wait_seconds=wait, polls=0),
+                )
+            if recorded is None and not jobs.claim_batch(
+                settings.jobs_table, job.job_id, f.file_id
+            ):  # a concurrent attempt claimed it first
+                batch = _find_created_batch(client, job.job_id, f.file_id)
         if batch is None:
             try:
                 batch = client.batches.create(
