@@ -7,13 +7,14 @@ import tempfile
 from pathlib import Path
 
 import openai
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from openai.types import Batch
 
 from ..aws import jobs, s3
 from ..aws.token_bucket import BatchQueueLimits
 from ..batch_files import ENDPOINT, BatchLimits, write_batch_files
+from ..metrics import emit
 from ..models import (
     BatchFile,
     BatchRef,
@@ -27,7 +28,6 @@ from ..openai_client import get_client, raise_if_quota_exhausted
 from ..settings import Settings, request_dimensions
 
 logger = Logger(child=True)
-metrics = Metrics()
 
 #: Statuses after which a batch changes no more (OpenAI Batch guide).
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -116,9 +116,7 @@ def release_queue(settings: Settings, job_id: str, model: str, input_file_ids: l
     queue = batch_queue(settings, model)
     released = sum(queue.release_batch(queue_key(job_id, f)) for f in input_file_ids)
     if released:
-        metrics.add_metric(
-            name="enqueued_tokens", unit=MetricUnit.Count, value=queue.state().enqueued_tokens
-        )
+        emit("enqueued_tokens", queue.state().enqueued_tokens, MetricUnit.Count)
     return released
 
 
@@ -157,7 +155,7 @@ def create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
             grant = queue.reserve_batch(queue_key(job.job_id, f.file_id), f.tokens)
             if not grant.granted:
                 wait = max(1, math.ceil(grant.wait_seconds))
-                metrics.add_metric(name="throttled_waits", unit=MetricUnit.Count, value=1)
+                emit("throttled_waits", 1, MetricUnit.Count)
                 logger.info("batch queue full", extra={"wait_seconds": wait, "tokens": f.tokens})
                 return SubmittedJob(
                     **job.model_dump(),
@@ -183,13 +181,11 @@ def create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
             except openai.RateLimitError as exc:
                 raise_if_quota_exhausted(exc)
                 raise
-            metrics.add_metric(name="batches_created", unit=MetricUnit.Count, value=1)
+            emit("batches_created", 1, MetricUnit.Count)
         jobs.record_batch(settings.jobs_table, job.job_id, f.file_id, batch.id)
         refs.append(BatchRef(batch_id=batch.id, input_file_id=f.file_id, status=batch.status))
     logger.info("batches created", extra={"batches": [r.batch_id for r in refs]})
-    metrics.add_metric(
-        name="enqueued_tokens", unit=MetricUnit.Count, value=queue.state().enqueued_tokens
-    )
+    emit("enqueued_tokens", queue.state().enqueued_tokens, MetricUnit.Count)
     return SubmittedJob(
         **job.model_dump(),
         batches=refs,
@@ -242,7 +238,7 @@ def poll_batches(job: SubmittedJob, settings: Settings) -> SubmittedJob:
     if finished:  # a finished batch no longer counts against the enqueued-token cap
         release_queue(settings, job.job_id, job.model, finished)
     in_flight = sum(1 for r in refs if r.status not in TERMINAL)
-    metrics.add_metric(name="batches_in_flight", unit=MetricUnit.Count, value=in_flight)
+    emit("batches_in_flight", in_flight, MetricUnit.Count)
     status = overall_status([r.status for r in refs])
     fallback = settings.sync_fallback and status in ("failed", "expired")
     wait = min(

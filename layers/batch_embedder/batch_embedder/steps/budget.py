@@ -5,16 +5,16 @@ Also the scheduled sweep that releases reservations crashed executions left behi
 
 from __future__ import annotations
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from ..aws import budget
 from ..errors import BudgetExceededError
+from ..metrics import emit
 from ..models import BudgetDecision, ChunkedJob, SweepResult
 from ..settings import Settings
 
 logger = Logger(child=True)
-metrics = Metrics()
 
 #: Fractions of a limit past which BudgetCheck warns (log + metric); the template's
 #: CloudWatch alarm fires on ``budget_used_pct`` >= 90.
@@ -45,10 +45,8 @@ def _warn(settings: Settings, scopes: list[budget.BudgetScope], tokens: int, day
                     extra={"scope": scope.name, "day": day, "threshold_pct": int(threshold * 100),
                            "used_pct": round(used * 100, 1)},
                 )  # fmt: skip
-                metrics.add_metric(name="budget_threshold_passed", unit=MetricUnit.Count, value=1)
-    metrics.add_metric(
-        name="budget_used_pct", unit=MetricUnit.Percent, value=round(highest * 100, 2)
-    )
+                emit("budget_threshold_passed", 1, MetricUnit.Count)
+    emit("budget_used_pct", round(highest * 100, 2), MetricUnit.Percent)
 
 
 def reserve_budget(job: ChunkedJob, settings: Settings) -> BudgetDecision:
@@ -84,7 +82,7 @@ def reserve_budget(job: ChunkedJob, settings: Settings) -> BudgetDecision:
             logger.warning(
                 "over budget: waiting for the next UTC day", extra={"wait_seconds": wait}
             )
-            metrics.add_metric(name="budget_waits", unit=MetricUnit.Count, value=1)
+            emit("budget_waits", 1, MetricUnit.Count)
             return BudgetDecision(**job.model_dump(), budget_wait_seconds=wait)
         raise
     _warn(settings, scopes, reservation.tokens, reservation.day)
@@ -99,7 +97,7 @@ def sweep_reservations(settings: Settings) -> SweepResult:
     )
     if released:
         logger.warning("released stale reservations", extra={"jobs": released})
-    metrics.add_metric(name="reservations_swept", unit=MetricUnit.Count, value=len(released))
+    emit("reservations_swept", len(released), MetricUnit.Count)
     return SweepResult(
         released_jobs=[job for job, _ in released], released_tokens=sum(t for _, t in released)
     )

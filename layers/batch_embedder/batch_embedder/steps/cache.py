@@ -9,17 +9,17 @@ reuses another model's vector.
 
 from __future__ import annotations
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from ..aws import s3
 from ..db import cache
 from ..db.connection import connect_settings
+from ..metrics import emit
 from ..models import ChunkedJob, EmbedPlan, S3Location
 from ..settings import Settings
 
 logger = Logger(child=True)
-metrics = Metrics()
 
 
 def embed_manifest_key(job_id: str) -> str:
@@ -78,7 +78,7 @@ def check_cache(job: ChunkedJob, settings: Settings) -> ChunkedJob:
         cached_tokens=job.tokens - tokens,
         awaited=sum(1 for sha, _ in per_chunk if sha in view.awaited),
     )
-    metrics.add_metric(name="cache_hits", unit=MetricUnit.Count, value=hits)
-    metrics.add_metric(name="tokens_saved", unit=MetricUnit.Count, value=plan.cached_tokens)
+    emit("cache_hits", hits, MetricUnit.Count)
+    emit("tokens_saved", plan.cached_tokens, MetricUnit.Count)
     logger.info("cache checked", extra=plan.model_dump(exclude={"manifest"}))
     return job.model_copy(update={"embed": plan})

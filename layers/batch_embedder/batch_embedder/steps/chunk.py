@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from .. import pricing
@@ -29,12 +29,12 @@ from ..aws import s3
 from ..chunking import chunk_text
 from ..documents import decode_document, decode_text, normalize_text
 from ..errors import InvalidDocumentError
+from ..metrics import emit
 from ..models import ChunkedJob, ChunkRequest, CostEstimate, DocumentRef, S3Location
 from ..settings import Settings
 from ..tokenizer import get_encoding
 
 logger = Logger(child=True)
-metrics = Metrics()
 
 BUNDLE_SUFFIX = ".bundle.jsonl"
 MANIFEST_SUFFIX = ".manifest.json"
@@ -207,10 +207,10 @@ def chunk_and_estimate(request: ChunkRequest, settings: Settings) -> ChunkedJob:
         bucket, obj.key, obj.version_id, "priority", "urgent"
     )
     cost = pricing.breakdown(settings.embedding_model, counts["tokens"])
-    metrics.add_metric(name="chunks", unit=MetricUnit.Count, value=counts["chunks"])
-    metrics.add_metric(name="estimated_tokens", unit=MetricUnit.Count, value=counts["tokens"])
+    emit("chunks", counts["chunks"], MetricUnit.Count)
+    emit("estimated_tokens", counts["tokens"], MetricUnit.Count)
     if rejected.count:
-        metrics.add_metric(name="rejected_documents", unit=MetricUnit.Count, value=rejected.count)
+        emit("rejected_documents", rejected.count, MetricUnit.Count)
         logger.warning(
             "documents left out", extra={"count": rejected.count, "first": rejected.shown}
         )

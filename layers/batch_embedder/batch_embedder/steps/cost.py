@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from .. import pricing
 from ..aws import budget, jobs
+from ..metrics import emit
 from ..models import JobSummary, WrittenJob
 from ..settings import Settings
 
 logger = Logger(child=True)
-metrics = Metrics()
 
 
 def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
@@ -99,10 +99,10 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
         job.job_id,
         {"status": "SUCCEEDED", **summary.model_dump(exclude={"rejected"})},
     )
-    metrics.add_metric(name="tokens", unit=MetricUnit.Count, value=billed)
-    metrics.add_metric(name="cost_usd", unit=MetricUnit.NoUnit, value=summary.cost_usd)
-    metrics.add_metric(name="saved_usd", unit=MetricUnit.NoUnit, value=summary.saved_usd)
-    metrics.add_metric(name="chunks", unit=MetricUnit.Count, value=job.chunks)
-    metrics.add_metric(name="vectors_written", unit=MetricUnit.Count, value=summary.vectors_written)
+    emit("tokens", billed, MetricUnit.Count)
+    emit("cost_usd", summary.cost_usd, MetricUnit.NoUnit)
+    emit("saved_usd", summary.saved_usd, MetricUnit.NoUnit)
+    emit("chunks", job.chunks, MetricUnit.Count)
+    emit("vectors_written", summary.vectors_written, MetricUnit.Count)
     logger.info("cost recorded", extra=summary.model_dump(exclude={"rejected"}))
     return summary

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from ..db.connection import connect_settings
 from ..db.vectors import delete_document
+from ..metrics import emit
 from ..models import DeleteRequest, DeleteResult
 from ..settings import Settings
 
 logger = Logger(child=True)
-metrics = Metrics()
 
 
 def delete_object_rows(request: DeleteRequest, settings: Settings) -> DeleteResult:
@@ -23,6 +23,6 @@ def delete_object_rows(request: DeleteRequest, settings: Settings) -> DeleteResu
     key = request.event.detail.object.key
     with connect_settings(settings) as conn:
         deleted = delete_document(conn, bucket=bucket, key=key)
-    metrics.add_metric(name="rows_deleted", unit=MetricUnit.Count, value=deleted)
+    emit("rows_deleted", deleted, MetricUnit.Count)
     logger.info("document deleted", extra={"key": key, "rows_deleted": deleted})
     return DeleteResult(bucket=bucket, key=key, rows_deleted=deleted)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from .. import pricing
 from ..aws import budget, jobs
 from ..db import cache
 from ..db.connection import connect_settings
+from ..metrics import emit
 from ..models import BatchRef, FailedState, FailureInput, FailureOutcome
 from ..openai_client import get_client
 from ..openai_files import iter_jsonl_file
@@ -25,7 +26,6 @@ from ..settings import Settings
 from .batch import TERMINAL, release_queue, to_ref
 
 logger = Logger(child=True)
-metrics = Metrics()
 
 ERROR_STATES: dict[str, FailedState] = {
     "InvalidDocumentError": "InvalidDocument",
@@ -173,7 +173,7 @@ def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
         failure.job_id,
         {"status": "FAILED", "failed_state": state, "cause": cause[:4000], "source_key": key},
     )
-    metrics.add_metric(name="failed_jobs", unit=MetricUnit.Count, value=1)
+    emit("failed_jobs", 1, MetricUnit.Count)
     logger.warning("job failed", extra={"failed_state": state, "cause": cause})
     return FailureOutcome(
         job_id=failure.job_id,

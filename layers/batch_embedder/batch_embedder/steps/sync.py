@@ -7,11 +7,12 @@ import base64
 from collections.abc import Iterator
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from ..aws import s3
 from ..batch_files import BatchLimits, custom_id, pack_requests, parse_custom_id
+from ..metrics import emit
 from ..models import S3Location, SyncOutput, WriteInput
 from ..openai_client import get_client
 from ..openai_files import iter_jsonl_file
@@ -19,7 +20,6 @@ from ..settings import Settings, request_dimensions
 from ..sync_embed import bucket_for, embed_sync
 
 logger = Logger(child=True)
-metrics = Metrics()
 
 
 def _b64(vector: Any) -> str:
@@ -118,9 +118,9 @@ def embed_sync_step(job: WriteInput, settings: Settings) -> WriteInput:
 
     location = S3Location(bucket=settings.work_bucket, key=sync_output_key(job.job_id))
     s3.write_jsonl(location.bucket, location.key, lines())
-    metrics.add_metric(name="sync_requests", unit=MetricUnit.Count, value=totals["requests"])
+    emit("sync_requests", totals["requests"], MetricUnit.Count)
     if totals["waited"]:
-        metrics.add_metric(name="throttled_waits", unit=MetricUnit.Count, value=1)
+        emit("throttled_waits", 1, MetricUnit.Count)
     logger.info("embedded synchronously", extra={**totals, "chunks": len(rows)})
     return job.model_copy(
         update={

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from ..aws import s3
@@ -15,13 +15,13 @@ from ..db import cache
 from ..db.connection import connect_settings
 from ..db.vectors import ChunkWriter
 from ..errors import CacheNotReadyError, EmbeddingsIncompleteError
+from ..metrics import emit
 from ..models import WriteInput, WriteResult, WrittenJob
 from ..openai_client import get_client
 from ..openai_files import decode_embedding, iter_jsonl_file
 from ..settings import Settings
 
 logger = Logger(child=True)
-metrics = Metrics()
 
 
 class _OutputReader:
@@ -141,7 +141,7 @@ def fetch_and_write(job: WriteInput, settings: Settings) -> WrittenJob:
             )
         written, moved, deleted = writer.merge()
         cache.release_claims(conn, job.job_id)
-    metrics.add_metric(name="vectors_written", unit=MetricUnit.Count, value=written)
+    emit("vectors_written", written, MetricUnit.Count)
     logger.info(
         "written", extra={"vectors_written": written, "rows_moved": moved, "rows_deleted": deleted}
     )
