@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import shutil
 import sys
@@ -32,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import machine
 from run import WORK, corpus, files
 
 from batch_embedder import pricing
@@ -111,9 +110,7 @@ def main() -> int:
     changed = [(k, edit(b, "v2") if i in edited else b) for i, (k, b) in enumerate(docs)]
     figures: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "machine": (
-            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-        ),
+        "machine": machine(),
         "files_edited": len(edited),
     }
     with LocalStack(home, log_file=home / "lambda.log", persist=False) as stack:

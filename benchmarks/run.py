@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -33,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from common import machine
 from pgvector.psycopg import register_vector
 
 HERE = Path(__file__).resolve().parent
@@ -287,9 +286,7 @@ def main() -> int:
     WORK.mkdir(parents=True)
     figures: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "machine": (
-            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-        ),
+        "machine": machine(),
         "chunk_tokens": args.chunk_tokens,
         "overlap_tokens": args.overlap,
     }

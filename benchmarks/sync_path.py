@@ -38,6 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common import cpu_model
+
 HERE = Path(__file__).resolve().parent
 DOCS = HERE / ".corpus" / "usr/share/doc/python3.11/html/_sources"
 MODEL = "text-embedding-3-small"
@@ -47,16 +49,6 @@ RPM = 3000
 TPM = 1_000_000
 WINDOW = 60.0
 PROGRESS_SECONDS = 10.0
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else ``platform.processor()``."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def _documents() -> tuple[str, Iterator[tuple[str, bytes]]]:

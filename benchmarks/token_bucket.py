@@ -22,22 +22,13 @@ import platform
 import threading
 import time
 from datetime import UTC, datetime
-from pathlib import Path
+
+from common import cpu_model
 
 from batch_embedder.aws.token_bucket import TokenBucket
 from batch_embedder_local.moto_tables import moto_table
 
 TABLE = "usage-bench"
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else ``platform.processor()``."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def run(workers: int, ops: int) -> tuple[float, int, int]:
