@@ -482,7 +482,7 @@ def stack_output(stack_name: str, output_key: str = "UsageTableName") -> str:
     if output_key not in outputs:
         found = ", ".join(sorted(outputs)) or "none"
         raise CostsError(f"stack {stack_name!r} has no {output_key} output (outputs: {found})")
-    return outputs[output_key]
+    return str(outputs[output_key])
 
 
 def _usage_table(args: argparse.Namespace) -> str:
