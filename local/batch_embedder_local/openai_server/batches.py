@@ -43,7 +43,7 @@ from typing import Any
 
 from .config import EmulatorConfig
 from .embedding_api import parse_embedding_body, render_embedding_response
-from .errors import APIError, error_body, new_id
+from .errors import APIError, error_body, invalid_value, new_id
 from .stats import Stats
 from .store import FileStore
 
@@ -246,14 +246,7 @@ class BatchManager:
                 )
         endpoint = params["endpoint"]
         if endpoint not in KNOWN_ENDPOINTS:
-            raise APIError(
-                400,
-                f"Invalid value: '{endpoint}'. Supported values are: "
-                + ", ".join(f"'{e}'" for e in KNOWN_ENDPOINTS)
-                + ".",
-                param="endpoint",
-                code="invalid_value",
-            )
+            raise invalid_value("endpoint", endpoint, KNOWN_ENDPOINTS)
         if endpoint not in SUPPORTED_ENDPOINTS:
             raise APIError(
                 400,

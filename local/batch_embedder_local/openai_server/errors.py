@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["APIError", "error_body", "new_id"]
@@ -62,6 +63,18 @@ def model_not_found(model: str) -> APIError:
         404,
         f"The model `{model}` does not exist or you do not have access to it.",
         code="model_not_found",
+    )
+
+
+def invalid_value(param: str, value: str, allowed: Sequence[str]) -> APIError:
+    """OpenAI's 400 ``invalid_value`` for a parameter outside its allowed values."""
+    return APIError(
+        400,
+        f"Invalid value: '{value}'. Supported values are: "
+        + ", ".join(f"'{a}'" for a in allowed)
+        + ".",
+        param=param,
+        code="invalid_value",
     )
 
 

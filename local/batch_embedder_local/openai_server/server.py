@@ -39,7 +39,7 @@ from .batches import BatchManager
 from .config import EmulatorConfig
 from .embedding_api import parse_embedding_body, render_embedding_response
 from .embeddings import MODELS
-from .errors import APIError, new_id
+from .errors import APIError, invalid_value, new_id
 from .multipart import (
     BodyTooLarge,
     MultipartError,
@@ -619,14 +619,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
         purpose = purpose_part.value.decode("utf-8", "replace").strip()
         if purpose not in UPLOAD_PURPOSES:
-            raise APIError(
-                400,
-                f"Invalid value: '{purpose}'. Supported values are: "
-                + ", ".join(f"'{p}'" for p in UPLOAD_PURPOSES)
-                + ".",
-                param="purpose",
-                code="invalid_value",
-            )
+            raise invalid_value("purpose", purpose, UPLOAD_PURPOSES)
         filename = file_part.filename or "upload"
         limit = cfg.max_batch_file_bytes if purpose == "batch" else cfg.max_file_bytes
         if file_part.size > limit:
