@@ -125,6 +125,7 @@ def bench_jsonl(all_chunks: list[tuple[str, Any]]) -> dict[str, Any]:
 def bench_pgvector(url: str, all_chunks: list[tuple[str, Any]], rows: int) -> dict[str, Any]:
     from batch_embedder.db.connection import connect
     from batch_embedder.db.vectors import ChunkWriter
+    from batch_embedder.records import ChunkRow
     from batch_embedder_local.openai_server import embed_texts
 
     flat = [c for _, cs in all_chunks for c in cs][:rows]
@@ -150,12 +151,13 @@ def bench_pgvector(url: str, all_chunks: list[tuple[str, Any]], rows: int) -> di
     with connect(url) as conn:
         t = time.perf_counter()
         with ChunkWriter(
-            conn, bucket="bench", lock_key="bench", job_id="bench",
-            model="text-embedding-3-small", dimensions=1536,
+            conn, bucket="bench", lock_keys=[f"bench/{i}" for i in range(len(flat) // 50 + 1)],
+            job_id="bench", model="text-embedding-3-small", dimensions=1536,
         ) as writer:  # fmt: skip
             writer.copy_chunks(
-                (i, f"bench/{i // 50}", None, i % 50, c.text, c.sha256, c.token_count,
-                 c.char_start, c.char_end)
+                ChunkRow(seq=i, source_key=f"bench/{i // 50}", chunk_index=i % 50, text=c.text,
+                         sha256=c.sha256, token_count=c.token_count, char_start=c.char_start,
+                         char_end=c.char_end)
                 for i, c in enumerate(flat)
             )  # fmt: skip
             writer.copy_vectors((c.sha256, vectors[i]) for i, c in enumerate(flat))
@@ -206,13 +208,17 @@ def fetch_and_write_rss(stack: Any, arn: str) -> dict[str, Any]:
 
 
 def wait_seconds(stack: Any, arn: str) -> float:
-    """Seconds the execution spent in WaitForBatch states."""
+    """Seconds the execution spent waiting for its batches (the WaitForBatches task)."""
     total = 0.0
     entered = None
     for event in stack.history(arn):
-        if event["type"] == "WaitStateEntered":
+        name = (event.get("stateEnteredEventDetails") or event.get("stateExitedEventDetails")
+                or {}).get("name")  # fmt: skip
+        if name != "WaitForBatches":
+            continue
+        if event["type"] == "TaskStateEntered":
             entered = event["timestamp"]
-        elif event["type"] == "WaitStateExited" and entered is not None:
+        elif event["type"] == "TaskStateExited" and entered is not None:
             total += (event["timestamp"] - entered).total_seconds()
             entered = None
     return total
@@ -223,18 +229,12 @@ def bench_e2e(
 ) -> dict[str, Any]:
     from batch_embedder_local.stack import LocalStack
 
-    # SyncMaxTokens=0: every file through the Batch API, the path this benchmark measures.
-    params = {
-        "ChunkTokens": str(chunk_tokens),
-        "ChunkOverlapTokens": str(overlap),
-        "SyncMaxTokens": "0",
-    }
+    params = {"ChunkTokens": str(chunk_tokens), "ChunkOverlapTokens": str(overlap)}
     with LocalStack(home, parameters=params, log_file=home / "lambda.log") as stack:
         t = time.perf_counter()
-        started = {stack.start_execution(stack.upload(k, b)): k for k, b in docs}
-        results = stack.wait(started, timeout=3600, interval=1.0)
+        results = stack.ingest(docs, timeout=3600, interval=1.0)  # the pipe groups them
         wall = time.perf_counter() - t
-        waits = [wait_seconds(stack, arn) for arn in started]
+        waits = [wait_seconds(stack, r.execution_arn) for r in results]
         stats = stack.emulator.stats()
         largest = max(
             (r for r in results if r.status == "SUCCEEDED"), key=lambda r: r.output["chunks"]

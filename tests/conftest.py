@@ -39,8 +39,14 @@ def stack(home: Path, database_url: str) -> Iterator[Any]:
     """The local stack built from template.yaml, running the real ASL and handlers."""
     from batch_embedder_local.stack import LocalStack
 
-    # SyncMaxTokens=0: small test files take the Batch API path unless a test says otherwise.
-    with LocalStack(home, log_file=home / "lambda.log", parameters={"SyncMaxTokens": "0"}) as s:
+    # A 1 s window: each test's uploads become one group (one execution) quickly. The
+    # reconciler runs when a test calls stack.reconcile() (webhooks finish batches).
+    with LocalStack(
+        home,
+        log_file=home / "lambda.log",
+        parameters={"UploadBatchWindowSeconds": "1"},
+        reconcile_seconds=0,
+    ) as s:
         yield s
 
 

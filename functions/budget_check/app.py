@@ -1,27 +1,7 @@
-"""BudgetCheck: Reserve the job's estimated tokens against today's (UTC) token budget in DynamoDB.
+"""BudgetCheck: reserve the group's new tokens against today's budgets."""
 
-Input: ``ChunkedJob``; output: see ``batch_embedder.steps.budget.reserve_budget``.
-"""
-
-from typing import Any
-
-from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.utilities.parser import event_parser
-from aws_lambda_powertools.utilities.typing import LambdaContext
-
+from batch_embedder.handler import step_handler
 from batch_embedder.models import ChunkedJob
-from batch_embedder.settings import get_settings
 from batch_embedder.steps.budget import reserve_budget
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
-
-
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-@event_parser(model=ChunkedJob)
-def lambda_handler(event: ChunkedJob, context: LambdaContext) -> dict[str, Any]:
-    """BudgetCheck handler: one call into the library, its pydantic result as JSON."""
-    return reserve_budget(event, get_settings()).model_dump(mode="json")
+lambda_handler = step_handler(ChunkedJob)(reserve_budget)

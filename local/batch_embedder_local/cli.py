@@ -1,8 +1,8 @@
 """``batch-embedder``: the command line of the local stack and of the cost ledger.
 
-- ``batch-embedder local ingest PATH...``: upload files, run one execution per file.
+- ``batch-embedder local ingest PATH...``: upload files one by one; the pipe groups them.
 - ``batch-embedder local search "query"``: nearest chunks in pgvector.
-- ``batch-embedder local costs``: what the local runs cost and saved, per day and model.
+- ``batch-embedder local costs``: what local runs cost (OpenAI + AWS), ``--by`` day|model|....
 - ``batch-embedder local openai-server --port N``: the OpenAI-compatible emulator alone.
 - ``batch-embedder costs --stack-name NAME``: the same report for a deployed stack.
 """
@@ -49,15 +49,22 @@ def _parse_params(values: list[str]) -> dict[str, str]:
 
 
 def _totals(results: list[ExecutionResult]) -> dict[str, Any]:
+    """Sums over the executions (money: USD rounded to 9 decimals)."""
     rows = [r.as_dict() for r in results]
     return {
-        "files": len(rows),
+        "files": sum(len(r["keys"]) for r in rows),
+        "executions": len(rows),
         "succeeded": sum(1 for r in rows if r["status"] == "SUCCEEDED"),
         "failed": sum(1 for r in rows if r["status"] != "SUCCEEDED"),
+        "documents": sum(r["documents"] for r in rows),
+        "rejected": sum(r["rejected_count"] for r in rows),
+        "batches": sum(r["batches"] for r in rows),
         "chunks": sum(r["chunks"] for r in rows),
         "tokens": sum(r["tokens"] for r in rows),
         "vectors_written": sum(r["vectors_written"] for r in rows),
         "cost_usd": round(sum(r["cost_usd"] for r in rows), 9),
+        "aws_cost_usd": round(sum(r["aws_cost_usd"] for r in rows), 9),
+        "total_cost_usd": round(sum(r["total_cost_usd"] for r in rows), 9),
         "standard_cost_usd": round(sum(r["standard_cost_usd"] for r in rows), 9),
         "naive_cost_usd": round(sum(r["naive_cost_usd"] for r in rows), 9),
         "cache_hits": sum(r["cache_hits"] for r in rows),
@@ -67,26 +74,35 @@ def _totals(results: list[ExecutionResult]) -> dict[str, Any]:
 
 
 def _print_table(results: list[ExecutionResult], totals: dict[str, Any], seconds: float) -> None:
-    header = f"{'status':<10} {'chunks':>7} {'tokens':>10} {'vectors':>8} {'cost $':>11}  key"
+    header = (
+        f"{'status':<10} {'docs':>5} {'chunks':>7} {'tokens':>10} {'vectors':>8} "
+        f"{'openai $':>11} {'aws $':>11}  group"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
         row = r.as_dict()
         print(
-            f"{row['status']:<10} {row['chunks']:>7} {row['tokens']:>10} "
-            f"{row['vectors_written']:>8} {row['cost_usd']:>11.6f}  {row['key']}"
+            f"{row['status']:<10} {row['documents']:>5} {row['chunks']:>7} {row['tokens']:>10} "
+            f"{row['vectors_written']:>8} {row['cost_usd']:>11.6f} {row['aws_cost_usd']:>11.6f}"
+            f"  {row['key']}"
         )
         if row["status"] != "SUCCEEDED":
             print(f"{'':>10} -> {row['failed_state']}: {row['cause']}")
+        for rejected in row["rejected"]:
+            print(f"{'':>10} left out: {rejected}")
     print("-" * len(header))
     print(
-        f"{'total':<10} {totals['chunks']:>7} {totals['tokens']:>10} "
-        f"{totals['vectors_written']:>8} {totals['cost_usd']:>11.6f}  "
-        f"{totals['files']} file(s), {totals['succeeded']} succeeded, {totals['failed']} failed"
+        f"{'total':<10} {totals['documents']:>5} {totals['chunks']:>7} {totals['tokens']:>10} "
+        f"{totals['vectors_written']:>8} {totals['cost_usd']:>11.6f} "
+        f"{totals['aws_cost_usd']:>11.6f}  {totals['files']} file(s) in "
+        f"{totals['executions']} execution(s) and {totals['batches']} batch(es); "
+        f"{totals['failed']} execution(s) failed"
     )
-    saved = totals["naive_cost_usd"] - totals["cost_usd"]
+    saved = totals["naive_cost_usd"] - totals["total_cost_usd"]
     print(
-        f"paid ${totals['cost_usd']:.6f}; a naive run (synchronous API, no cache) "
+        f"paid ${totals['total_cost_usd']:.6f} (OpenAI ${totals['cost_usd']:.6f} + AWS "
+        f"${totals['aws_cost_usd']:.6f}); a naive run (synchronous API, no cache) "
         f"${totals['naive_cost_usd']:.6f}: saved ${saved:.6f}; cache hits "
         f"{totals['cache_hits']} chunks ({totals['tokens_saved']} tokens); {seconds:.1f} s"
     )
@@ -107,6 +123,7 @@ class _Progress:
             return
         self.last = now
         states = Counter(self.stack.current_state(arn) for arn in list(pending)[:200])
+        self.total = max(self.total, len(pending))
         done = self.total - len(pending)
         shown = ", ".join(f"{name} {count}" for name, count in states.most_common())
         print(
@@ -117,7 +134,7 @@ class _Progress:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    """Upload files, start one execution per file, wait, print the summary."""
+    """Upload files one by one (the pipe groups them), wait, print the summary."""
     files = _collect(args.paths)
     if not files:
         raise SystemExit("batch-embedder: no files to ingest")
@@ -129,18 +146,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         openai=args.openai,
         log_file=home / "lambda.log",
     ) as stack:
-        executions: dict[str, str] = {}
-        for key, path in files:
-            event = stack.upload(key, path.read_bytes())
-            if stack.starts_execution(key):  # as the EventBridge rule: not under BulkPrefix
-                executions[stack.start_execution(event)] = key
+        events = [stack.upload(key, path.read_bytes()) for key, path in files]
+        delivered = [e for e in events if stack.starts_execution(e["detail"]["object"]["key"])]
         print(
-            f"started {len(executions)} execution(s) of {stack.state_machine_arn}", file=sys.stderr
+            f"uploaded {len(events)} file(s); the pipe groups them by "
+            f"{stack.parameters['UploadBatchWindowSeconds']} s windows",
+            file=sys.stderr,
         )
-        results = stack.wait(
-            executions,
+        results = stack.wait_for_groups(
+            delivered,
             timeout=args.timeout,
-            on_progress=None if args.quiet else _Progress(stack, len(executions), started),
+            on_progress=None if args.quiet else _Progress(stack, 0, started),
         )
     seconds = time.monotonic() - started
     totals = _totals(results)
@@ -254,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import costs
 
-    local_costs = lsub.add_parser("costs", help="costs and savings of local runs, per day/model")
+    local_costs = lsub.add_parser(
+        "costs", help="costs (OpenAI + AWS) and savings of local runs, --by day|model|prefix|api"
+    )
     costs.add_arguments(local_costs)
     local_costs.add_argument("--home")
     local_costs.set_defaults(func=cmd_local_costs)

@@ -1,9 +1,21 @@
 """Write ``events/``: one real input per function, captured from a local run.
 
-``python -m batch_embedder_local.events events`` runs the workflow on a sample document
-(and on an empty file, for RecordFailure) and saves what each Task state received, plus
-the EventBridge "Object Created" event that started it. Each file is what
-``sam local invoke <Function> -e events/<file>.json`` feeds that function.
+``python -m batch_embedder_local.events events`` (``make events``) starts three group
+executions on a fresh local stack (``SyncPrefixes=urgent/``, webhooks on, no scheduled
+reconciler, so OpenAI's ``batch.completed`` webhook ends the wait):
+
+1. ``example-job-0001``: a sample document, an urgent one (under ``urgent/``) and an empty
+   file (rejected and reported, not fatal): ChunkAndEstimate, CheckCache, BudgetCheck,
+   EmbedSync, BuildAndUploadJsonl, CreateBatch, WaitForBatches, FetchAndWrite, RecordCost,
+   and the WebhookReceiver's Function URL request;
+2. ``example-job-0002``: the sample's deletion only: DeleteDocuments;
+3. ``example-job-0003``: an empty file only: RecordFailure (``InvalidDocument``).
+
+What a Task state sent its function is read from the execution history
+(``taskScheduledEventDetails.parameters``' ``Payload``: for WaitForBatches it holds the
+task token); the receiver's request is what the emulator's webhook reached the local
+Function URL with. The scheduled functions get an EventBridge "Scheduled Event". Each
+file is what ``sam local invoke <Function> -e events/<file>.json`` feeds that function.
 """
 
 from __future__ import annotations
@@ -14,65 +26,170 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .stack import LocalStack
+from .stack import ACCOUNT, REGION, STACK, LocalStack
 from .template import ROOT
 
+SAMPLES = ROOT / "samples" / "python-tutorial"
 SAMPLE_KEY = "docs/appetite.rst.txt"
-SAMPLE_FILE = ROOT / "samples" / "python-tutorial" / "appetite.rst.txt"
+SAMPLE_FILE = SAMPLES / "appetite.rst.txt"
 URGENT_KEY = "urgent/whatnow.rst.txt"
-URGENT_FILE = ROOT / "samples" / "python-tutorial" / "whatnow.rst.txt"
+URGENT_FILE = SAMPLES / "whatnow.rst.txt"
+EMPTY_KEY = "docs/empty.txt"
+#: Execution names (the workflow's job ids): fixed, so the files stay the same.
 JOB_ID = "example-job-0001"
-FAILED_JOB_ID = "example-job-0002"
-URGENT_JOB_ID = "example-job-0003"
-DELETE_JOB_ID = "example-job-0004"
-#: The sample takes the Batch API path (SyncMaxTokens=0); keys under urgent/ the sync one.
-PARAMETERS = {"SyncMaxTokens": "0", "SyncPrefixes": '["urgent/"]'}
+DELETE_JOB_ID = "example-job-0002"
+FAILED_JOB_ID = "example-job-0003"
+#: Keys under urgent/ take the synchronous API; no scheduled reconciler: the webhook ends
+#: the wait (the reconciler's input is a scheduled event, written below).
+PARAMETERS = {"SyncPrefixes": "urgent/"}
 
 #: Task state -> events/ file name.
 FILES = {
     "ChunkAndEstimate": "chunk_and_estimate.json",
+    "DeleteDocuments": "delete_documents.json",
     "CheckCache": "check_cache.json",
-    "EmbedSync": "embed_sync.json",
-    "DeleteDocument": "delete_document.json",
     "BudgetCheck": "budget_check.json",
+    "EmbedSync": "embed_sync.json",
     "BuildAndUploadJsonl": "build_and_upload_jsonl.json",
     "CreateBatch": "create_batch.json",
-    "PollBatch": "poll_batch.json",
+    "WaitForBatches": "wait_for_batches.json",
     "FetchAndWrite": "fetch_and_write.json",
     "RecordCost": "record_cost.json",
     "RecordFailure": "record_failure.json",
 }
+#: Every file ``capture`` writes (README.md aside).
+ALL_FILES = sorted(
+    {
+        *FILES.values(),
+        "group.json",
+        "object_created.json",
+        "object_deleted.json",
+        "webhook_receiver.json",
+        "reconcile_batches.json",
+        "sweep_reservations.json",
+    }
+)
+#: The schedules of template.yaml's scheduled functions (SAM names the rules like this).
+SCHEDULES = {
+    "reconcile_batches.json": "ReconcileBatchesFunctionReconcile",
+    "sweep_reservations.json": "SweepReservationsFunctionHourly",
+}
 
 
-def state_inputs(stack: LocalStack, execution_arn: str) -> dict[str, Any]:
-    """The first input each state of the execution received."""
+def task_inputs(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first payload each Lambda Task state sent its function, by state name.
+
+    ``TaskScheduled`` events hold the resolved ``Parameters`` (``Payload`` is what the
+    function receives); a state without one falls back to its entered input.
+    """
     inputs: dict[str, Any] = {}
-    for event in stack.history(execution_arn):
-        details = event.get("stateEnteredEventDetails")
-        if details and details["name"] not in inputs:
-            inputs[details["name"]] = json.loads(details.get("input") or "{}")
+    state = ""
+    for event in history:
+        entered = event.get("stateEnteredEventDetails")
+        if entered:
+            state = entered["name"]
+            continue
+        scheduled = event.get("taskScheduledEventDetails")
+        if scheduled and state not in inputs:
+            parameters = json.loads(scheduled.get("parameters") or "{}")
+            if "Payload" in parameters:
+                inputs[state] = parameters["Payload"]
+    for event in history:  # states whose scheduling the history lacks
+        entered = event.get("stateEnteredEventDetails")
+        if entered and entered["name"] not in inputs:
+            inputs[entered["name"]] = json.loads(entered.get("input") or "null")
     return inputs
 
 
+def execution_input(history: list[dict[str, Any]]) -> Any:
+    """The input the execution started with (for a group: the pipe's list of uploads)."""
+    started = next(e for e in history if "executionStartedEventDetails" in e)
+    return json.loads(started["executionStartedEventDetails"]["input"])
+
+
+def scheduled_event(rule: str, event_id: str) -> dict[str, Any]:
+    """An EventBridge "Scheduled Event" as a ``Schedule`` rule delivers it."""
+    return {
+        "version": "0",
+        "id": event_id,
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": ACCOUNT,
+        "time": "2025-01-01T00:00:00Z",
+        "region": REGION,
+        "resources": [f"arn:aws:events:{REGION}:{ACCOUNT}:rule/{STACK}-{rule}"],
+        "detail": {},
+    }
+
+
+def _record_invocations(stack: LocalStack) -> list[tuple[str, Any]]:
+    """Keep ``(logical id, event)`` of every Lambda invocation of the stack."""
+    seen: list[tuple[str, Any]] = []
+    adapter = stack.adapter
+    invoke = adapter.invoke
+
+    def recording(function_name: str, payload: bytes | str | None) -> tuple[bytes, bool]:
+        fn = adapter.functions.get(function_name) or adapter.functions.get(
+            function_name.split(":function:")[-1].split(":")[0]
+        )
+        if fn is not None:
+            seen.append((fn.logical_id, json.loads(payload or "null")))
+        return invoke(function_name, payload)
+
+    adapter.invoke = recording  # type: ignore[method-assign]
+    return seen
+
+
+def _expect(result: Any, status: str, what: str) -> None:
+    if result.status != status:
+        raise RuntimeError(
+            f"{what}: {result.status} (expected {status}) in {result.failed_state}: "
+            f"{result.error}: {result.cause}; states {result.states}"
+        )
+
+
 def capture(stack: LocalStack) -> dict[str, Any]:
-    """Run the sample and a failing upload; return ``{file name: event}``."""
-    event = stack.upload(SAMPLE_KEY, SAMPLE_FILE.read_bytes())
-    ok = stack.start_execution(event, name=JOB_ID)
-    bad = stack.start_execution(stack.upload("docs/empty.txt", b""), name=FAILED_JOB_ID)
-    urgent = stack.start_execution(
-        stack.upload(URGENT_KEY, URGENT_FILE.read_bytes()), name=URGENT_JOB_ID
-    )
-    results = stack.wait({ok: SAMPLE_KEY, bad: "docs/empty.txt", urgent: URGENT_KEY}, timeout=300)
-    if [r.status for r in results] != ["SUCCEEDED", "FAILED", "SUCCEEDED"]:
-        raise RuntimeError(f"sample run did not go as expected: {results}")
-    deleted_event = stack.delete(SAMPLE_KEY)
-    delete = stack.start_execution(deleted_event, name=DELETE_JOB_ID)
-    stack.wait({delete: SAMPLE_KEY}, timeout=120)
-    out: dict[str, Any] = {"object_created.json": event, "object_deleted.json": deleted_event}
-    for arn in (ok, bad, urgent, delete):
-        for state, payload in state_inputs(stack, arn).items():
-            if state in FILES and FILES[state] not in out:
-                out[FILES[state]] = payload
+    """Run the three groups; return ``{file name: event}``."""
+    invocations = _record_invocations(stack)
+    created = stack.upload(SAMPLE_KEY, SAMPLE_FILE.read_bytes(), deliver=False)
+    urgent = stack.upload(URGENT_KEY, URGENT_FILE.read_bytes(), deliver=False)
+    empty = stack.upload(EMPTY_KEY, b"", deliver=False)
+    ok = stack.start_execution([created, urgent, empty], name=JOB_ID)
+    (result,) = stack.wait({ok: SAMPLE_KEY}, timeout=300)
+    _expect(result, "SUCCEEDED", JOB_ID)
+    deleted = stack.delete(SAMPLE_KEY, deliver=False)
+    delete = stack.start_execution([deleted], name=DELETE_JOB_ID)
+    (result,) = stack.wait({delete: SAMPLE_KEY}, timeout=120)
+    if "DeleteDocuments" not in result.states:
+        raise RuntimeError(f"{DELETE_JOB_ID} never reached DeleteDocuments: {result.states}")
+    _expect(result, "SUCCEEDED", DELETE_JOB_ID)
+    bad = stack.start_execution([stack.upload(EMPTY_KEY, b"", deliver=False)], name=FAILED_JOB_ID)
+    (result,) = stack.wait({bad: EMPTY_KEY}, timeout=120)
+    _expect(result, "FAILED", FAILED_JOB_ID)
+    if result.failed_state != "InvalidDocument":
+        raise RuntimeError(f"{FAILED_JOB_ID} ended in {result.failed_state}, not InvalidDocument")
+
+    out: dict[str, Any] = {
+        "group.json": execution_input(stack.history(ok)),
+        "object_created.json": created,
+        "object_deleted.json": deleted,
+    }
+    # Each group gives the states it is there for (the others repeat the first's).
+    sources = {"DeleteDocuments": delete, "RecordFailure": bad}
+    inputs = {arn: task_inputs(stack.history(arn)) for arn in (ok, delete, bad)}
+    for state, name in FILES.items():
+        payload = inputs[sources.get(state, ok)].get(state)
+        if payload is not None:
+            out[name] = payload
+    hooks = [e for logical, e in invocations if logical == "WebhookReceiverFunction"]
+    if not hooks:
+        raise RuntimeError("the emulator's webhook never reached the receiver")
+    out["webhook_receiver.json"] = hooks[0]
+    for i, (name, rule) in enumerate(sorted(SCHEDULES.items()), start=1):
+        out[name] = scheduled_event(rule, f"00000000-0000-4000-8000-{i:012d}")
+    missing = sorted(set(ALL_FILES) - set(out))
+    if missing:
+        raise RuntimeError(f"not captured: {missing}")
     return out
 
 
@@ -84,11 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="batch-embedder-events-") as tmp:
         home = Path(tmp)  # a fresh database and tables: the same events every time
         with LocalStack(
-            home, log_file=home / "lambda.log", persist=False, parameters=PARAMETERS
+            home,
+            log_file=home / "lambda.log",
+            persist=False,
+            parameters=PARAMETERS,
+            reconcile_seconds=0,
         ) as stack:
             captured = capture(stack)
-    for name, payload in captured.items():
-        (folder / name).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    for name in sorted(captured):
+        text = json.dumps(captured[name], indent=2, ensure_ascii=False) + "\n"
+        (folder / name).write_text(text, encoding="utf-8")
         print(folder / name)
     return 0
 

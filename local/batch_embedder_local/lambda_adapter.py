@@ -125,6 +125,17 @@ class LambdaAdapter:
     _modules: dict[str, ModuleType] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _original: Any = None
+    _gates: dict[str, threading.Event] = field(default_factory=dict)
+
+    def hold(self, logical_id: str) -> threading.Event:
+        """Hold every invocation of ``logical_id`` until the returned event is set.
+
+        For tests that need an order AWS does not promise (a webhook that arrives before
+        WaitForBatches stored its token): set the event to let the invocations run.
+        """
+        gate = threading.Event()
+        self._gates[logical_id] = gate
+        return gate
 
     def register(self, fn: LocalFunction) -> None:
         """Make ``fn`` invocable by name and by ARN."""
@@ -160,6 +171,10 @@ class LambdaAdapter:
         fn = self.functions.get(function_name) or self.functions.get(name.split(":")[0])
         if fn is None:
             raise AdapterError(f"no local function {function_name!r}")
+        gate = self._gates.get(fn.logical_id)
+        if gate is not None:
+            gate.wait(timeout=300)
+            self._gates.pop(fn.logical_id, None)
         started = time.monotonic()
         try:
             event = json.loads(payload or "{}")

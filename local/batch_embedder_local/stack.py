@@ -8,10 +8,12 @@ TTL), secrets, functions (with Globals' environment) and the state machine (the 
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
 import os
+import secrets
 import sys
 import time
 import uuid
@@ -27,6 +29,7 @@ from typing import Any
 import boto3
 
 from .lambda_adapter import LambdaAdapter, LocalFunction, install_dynamodb_request_lock
+from .pipe import FunctionUrl, LocalPipe
 from .postgres import local_database_url
 from .template import ROOT, Resolver, load_template, parameter_defaults
 
@@ -35,8 +38,10 @@ ACCOUNT = "123456789012"
 STACK = "batch-embedder-local"
 LOCAL_API_KEY = "sk-local-emulator"
 
-#: Template parameters changed for local runs: short polling waits.
-LOCAL_PARAMETERS = {"PollInitialWaitSeconds": "1", "PollMaxWaitSeconds": "2"}
+#: Template parameters changed for local runs: a short grouping window.
+LOCAL_PARAMETERS = {"UploadBatchWindowSeconds": "2"}
+#: The reconciler's local schedule, seconds (deployed: ReconcileMinutes).
+LOCAL_RECONCILE_SECONDS = 3.0
 
 #: moto's fake credentials (no AWS account is ever reached by the local stack).
 MOTO_CREDENTIALS = {
@@ -58,7 +63,7 @@ def default_home() -> Path:
 
 @dataclass
 class ExecutionResult:
-    """What a user reads of one finished execution."""
+    """What a user reads of one finished execution (one group of uploads)."""
 
     key: str
     execution_arn: str
@@ -68,24 +73,34 @@ class ExecutionResult:
     error: str | None = None
     cause: str | None = None
     states: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+
+    def document(self, key: str) -> dict[str, Any] | None:
+        """The execution's result for one document (``results`` of its output)."""
+        return next((r for r in self.output.get("results", []) if r["key"] == key), None)
 
     def as_dict(self) -> dict[str, Any]:
         """The ``--json`` shape of one execution."""
         out = self.output
         return {
             "key": self.key,
+            "keys": self.keys,
             "status": self.status,
+            "documents": int(out.get("documents", 0)),
+            "batches": int(out.get("batches", 0)),
             "chunks": int(out.get("chunks", 0)),
             "tokens": int(out.get("billed_tokens", out.get("tokens", 0))),
             "vectors_written": int(out.get("vectors_written", 0)),
-            "documents": int(out.get("documents", 0)),
             "api": out.get("api"),
             "cache_hits": int(out.get("cache_hits", 0)),
             "tokens_saved": int(out.get("tokens_saved", 0)),
             "cost_avoided_usd": float(out.get("cost_avoided_usd", 0.0)),
             "naive_cost_usd": float(out.get("naive_cost_usd", 0.0)),
             "rejected_count": int(out.get("rejected_count", 0)),
+            "rejected": out.get("rejected", []),
             "cost_usd": float(out.get("cost_usd", 0.0)),
+            "aws_cost_usd": float(out.get("aws_cost_usd", 0.0)),
+            "total_cost_usd": float(out.get("total_cost_usd", 0.0)),
             "standard_cost_usd": float(out.get("standard_cost_usd", 0.0)),
             "failed_state": self.failed_state,
             "error": self.error,
@@ -106,6 +121,8 @@ class LocalStack:
         persist: keep the DynamoDB tables (budgets, ledger, jobs) in ``home/dynamodb.json``
             between runs, as a deployed table would be (moto itself forgets on exit).
         compute: start Postgres and the OpenAI emulator (False for ``local costs``).
+        reconcile_seconds: the reconciler's local schedule (0: never; tests call
+            :meth:`reconcile` themselves).
     """
 
     def __init__(
@@ -118,6 +135,7 @@ class LocalStack:
         log_file: Path | None = None,
         persist: bool = True,
         compute: bool = True,
+        reconcile_seconds: float = LOCAL_RECONCILE_SECONDS,
     ) -> None:
         self.home = (home or default_home()).resolve()
         self.template = load_template()
@@ -131,6 +149,10 @@ class LocalStack:
         self.log_file = log_file
         self.persist = persist
         self.compute = compute
+        self.reconcile_seconds = reconcile_seconds
+        self.webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        self.pipe: LocalPipe | None = None
+        self.function_url: FunctionUrl | None = None
         self.adapter = LambdaAdapter()
         self.refs: dict[str, str] = {}
         self.attrs: dict[str, dict[str, str]] = {}
@@ -189,6 +211,36 @@ class LocalStack:
         self._create_resources(openai_key, base_url)
         if self.persist:
             self._restore_tables()
+        self._start_event_sources()
+
+    def _start_event_sources(self) -> None:
+        """The rules and pipe, the reconciler's schedule and the receiver's Function URL."""
+        props = self.template["Resources"]["UploadPipe"]["Properties"]
+        self.pipe = LocalPipe(
+            queue_url=self.refs["UploadQueue"],
+            state_machine_arn=self.state_machine_arn,
+            input_template=props["TargetParameters"]["InputTemplate"],
+            batch_size=int(self.parameters["UploadBatchSize"]),
+            window_seconds=float(self.parameters["UploadBatchWindowSeconds"]),
+            region=REGION,
+        )
+        reconcile = self.reconcile if self.compute else None
+        self.pipe.start(reconcile, self.reconcile_seconds)
+        if self.emulator is not None:
+            self.function_url = FunctionUrl(self.refs["WebhookReceiverFunction"], REGION).start()
+            self.emulator.update_config(
+                webhook_url=self.function_url.url, webhook_secret=self.webhook_secret
+            )
+
+    def reconcile(self) -> dict[str, Any]:
+        """Run the reconciler once (what its schedule does); returns its result."""
+        lam = boto3.client("lambda", region_name=REGION)
+        answer = lam.invoke(
+            FunctionName=self.refs["ReconcileBatchesFunction"],
+            Payload=json.dumps({"id": str(uuid.uuid4()), "time": _now(), "source": "local"}),
+        )
+        result: dict[str, Any] = json.loads(answer["Payload"].read() or b"{}")
+        return result
 
     @property
     def state_file(self) -> Path:
@@ -237,6 +289,12 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop everything (saving the tables first) and restore the environment."""
+        if self.pipe is not None:
+            self.pipe.stop()
+            self.pipe = None
+        if self.function_url is not None:
+            self.function_url.stop()
+            self.function_url = None
         if self.persist and self._mock is not None:
             self._save_tables()
         self.adapter.uninstall()
@@ -308,6 +366,11 @@ class LocalStack:
                     ddb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
                 self.refs[logical] = name
                 self.attrs[logical] = {"Arn": table["TableArn"]}
+            elif kind == "AWS::SQS::Queue":
+                url = boto3.client("sqs", region_name=REGION).create_queue(
+                    QueueName=f"{STACK}-{logical}"
+                )["QueueUrl"]
+                self.refs[logical] = url
             elif kind == "AWS::SecretsManager::Secret":
                 name = f"{STACK}/{logical}"
                 arn = secrets.create_secret(Name=name, SecretString="REPLACE_ME")["ARN"]
@@ -332,6 +395,7 @@ class LocalStack:
         for logical, value in (
             ("OpenAIApiKeySecret", openai_key),
             ("DatabaseUrlSecret", self.database_url),
+            ("OpenAIWebhookSecret", self.webhook_secret),
         ):
             if value:
                 secrets.put_secret_value(SecretId=self.refs[logical], SecretString=value)
@@ -405,8 +469,9 @@ class LocalStack:
             definition = (ROOT / props["DefinitionUri"]).read_text(encoding="utf-8")
             for name, value in resolver.resolve(props.get("DefinitionSubstitutions", {})).items():
                 definition = definition.replace("${" + name + "}", str(value))
+            name = resolver.resolve(props["Name"]) if "Name" in props else f"{STACK}-{logical}"
             arn = sfn.create_state_machine(
-                name=f"{STACK}-{logical}",
+                name=str(name),
                 definition=definition,
                 roleArn=role,
                 type=props.get("Type", "STANDARD"),
@@ -422,26 +487,45 @@ class LocalStack:
     @property
     def state_machine_arn(self) -> str:
         """The workflow's ARN."""
-        return self.refs["EmbedDocumentStateMachine"]
+        return self.refs["EmbedUploadsStateMachine"]
 
-    def upload(self, key: str, body: bytes) -> dict[str, Any]:
-        """Put ``body`` at ``key`` in the documents bucket; returns the EventBridge event."""
+    def upload(self, key: str, body: bytes, *, deliver: bool = True) -> dict[str, Any]:
+        """Put ``body`` at ``key`` in the documents bucket; the rule sends the event to the
+        upload queue (unless ``deliver`` is False, or the key is under ``BulkPrefix``).
+
+        Returns:
+            The EventBridge "Object Created" event.
+        """
         s3 = boto3.client("s3", region_name=REGION)
         s3.put_object(Bucket=self.documents_bucket, Key=key, Body=body)
-        return self.object_created_event(key)
+        event = self.object_created_event(key)
+        if deliver and self.starts_execution(key):
+            self.deliver(event)
+        return event
 
-    def delete(self, key: str) -> dict[str, Any]:
-        """Delete ``key`` (a delete marker: the bucket is versioned); returns the event."""
+    def delete(self, key: str, *, deliver: bool = True) -> dict[str, Any]:
+        """Delete ``key`` (a delete marker: the bucket is versioned); the rule sends the event.
+
+        Returns:
+            The EventBridge "Object Deleted" event.
+        """
         s3 = boto3.client("s3", region_name=REGION)
         resp = s3.delete_object(Bucket=self.documents_bucket, Key=key)
-        event = self._event("Object Deleted", {"key": key, "sequencer": f"{time.time_ns():020X}"})
+        event = self._event("Object Deleted", {"key": key, "sequencer": _sequencer()})
         if resp.get("VersionId"):
             event["detail"]["object"]["version-id"] = resp["VersionId"]
         event["detail"]["deletion-type"] = (
             "Delete Marker Created" if resp.get("DeleteMarker") else "Permanently Deleted"
         )
         event["detail"]["reason"] = "DeleteObject"
+        if deliver:
+            self.deliver(event)
         return event
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        """Send an EventBridge S3 event to the upload queue, as the template's rules do."""
+        assert self.pipe is not None, "start() first"
+        self.pipe.deliver(event)
 
     def _event(self, detail_type: str, detail_object: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -473,23 +557,27 @@ class LocalStack:
             "key": key,
             "size": head["ContentLength"],
             "etag": head["ETag"].strip('"'),
-            "sequencer": f"{time.time_ns():020X}",
+            "sequencer": _sequencer(),
         }
         if head.get("VersionId") and head["VersionId"] != "null":
             detail_object["version-id"] = head["VersionId"]
         return self._event("Object Created", detail_object)
 
-    def start_execution(self, event: dict[str, Any], name: str | None = None) -> str:
-        """Start the workflow as the EventBridge rule would; returns the execution ARN.
+    def start_execution(self, events: list[dict[str, Any]], name: str | None = None) -> str:
+        """Start the workflow with a group of S3 events, as the pipe would (its input
+        template applied to each); returns the execution ARN."""
+        assert self.pipe is not None, "start() first"
+        from .pipe import render_input_template
 
-        ``name`` (the job id) defaults to a UUID, as for executions EventBridge starts.
-        """
+        uploads = [
+            render_input_template(self.pipe.input_template, {"body": json.dumps(e)}) for e in events
+        ]
         sfn = boto3.client("stepfunctions", region_name=REGION)
         return str(
             sfn.start_execution(
                 stateMachineArn=self.state_machine_arn,
                 name=name or str(uuid.uuid4()),
-                input=json.dumps(event),
+                input=json.dumps(uploads),
             )["executionArn"]
         )
 
@@ -571,22 +659,67 @@ class LocalStack:
         return [self.result(arn, key) for arn, key in executions.items()]
 
     def starts_execution(self, key: str) -> bool:
-        """Whether the EventBridge rule would start an execution for ``key``.
+        """Whether the EventBridge rule sends ``key``'s upload to the queue.
 
         Objects under ``BulkPrefix`` start none: a prefix manifest embeds them as one job.
         """
         return not key.startswith(self.parameters.get("BulkPrefix", "bulk/"))
 
+    def wait_for_groups(
+        self, events: list[dict[str, Any]], *, timeout: float = 3600, **wait_kwargs: Any
+    ) -> list[ExecutionResult]:
+        """Wait until the pipe started the executions carrying ``events``, then for them.
+
+        Raises:
+            TimeoutError: an event was not picked up, or an execution did not finish.
+        """
+        assert self.pipe is not None, "start() first"
+        wanted = {
+            (e["detail"]["object"]["key"], e["detail"]["object"].get("sequencer", ""))
+            for e in events
+        }
+        deadline = time.monotonic() + timeout
+        while (groups := self.pipe.groups_for(wanted)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the pipe did not pick up every event")
+            time.sleep(0.05)
+        started = {g.execution_arn: g for g in groups}
+        results = self.wait(
+            {arn: _label([k for k, _ in g.events]) for arn, g in started.items()},
+            timeout=max(1.0, deadline - time.monotonic()),
+            **wait_kwargs,
+        )
+        for result in results:
+            result.keys = sorted({k for k, _ in started[result.execution_arn].events})
+        return results
+
     def ingest(
         self, files: Iterable[tuple[str, bytes]], **wait_kwargs: Any
     ) -> list[ExecutionResult]:
-        """Upload each ``(key, body)``, start an execution per file the rule matches, wait."""
-        started: dict[str, str] = {}
-        for key, body in files:
-            event = self.upload(key, body)
-            if self.starts_execution(key):
-                started[self.start_execution(event)] = key
-        return self.wait(started, **wait_kwargs)
+        """Upload each ``(key, body)`` one by one; the pipe groups them; wait for the groups.
+
+        Returns:
+            One result per execution (group of uploads), in the order they started.
+        """
+        events = [self.upload(key, body) for key, body in files]
+        delivered = [e for e in events if self.starts_execution(e["detail"]["object"]["key"])]
+        return self.wait_for_groups(delivered, **wait_kwargs) if delivered else []
+
+
+def _sequencer() -> str:
+    """An S3-like sequencer: increasing hexadecimal per key (nanoseconds here)."""
+    return f"{time.time_ns():020X}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _label(keys: list[str]) -> str:
+    unique = sorted(set(keys))
+    if len(unique) == 1:
+        return unique[0]
+    return f"{len(unique)} uploads: {', '.join(unique[:3])}{', ...' if len(unique) > 3 else ''}"
 
 
 def _json_number(value: Any) -> Any:

@@ -15,7 +15,8 @@ from batch_embedder_local.asl_check import check_file, check_states, check_templ
 from batch_embedder_local.template import load_template
 from tests.conftest import ROOT
 
-ASL = ROOT / "statemachine" / "embed_document.asl.json"
+ASL = ROOT / "statemachine" / "embed_uploads.asl.json"
+STATE_MACHINE = "EmbedUploadsStateMachine"
 
 
 def tool(name: str) -> str:
@@ -57,15 +58,31 @@ def test_asl_check_catches_a_dangling_next(tmp_path: Path) -> None:
     assert "BudgetCheck: target 'BuildAndUploadJsonI' is not a state" in problems
     assert "ChunkAndEstimate: Lambda Task without Retry" in problems
     broken = tmp_path / "broken.asl.json"
-    broken.write_text(json.dumps(machine).replace("${PollBatchFunctionArn}", "${PollBatchFnArn}"))
-    subs = set(
-        load_template()["Resources"]["EmbedDocumentStateMachine"]["Properties"][
-            "DefinitionSubstitutions"
-        ]
-    )
+    text = json.dumps(machine)
+    assert "${CreateBatchFunctionArn}" in text
+    broken.write_text(text.replace("${CreateBatchFunctionArn}", "${CreateBatchFnArn}"))
+    subs = set(load_template()["Resources"][STATE_MACHINE]["Properties"]["DefinitionSubstitutions"])
     found = check_file(broken, subs)
-    assert "${PollBatchFnArn} has no DefinitionSubstitutions entry" in found
-    assert "substitution PollBatchFunctionArn is never used" in found
+    assert "${CreateBatchFnArn} has no DefinitionSubstitutions entry" in found
+    assert "substitution CreateBatchFunctionArn is never used" in found
+
+
+def test_the_state_machine_is_the_groups_workflow_started_by_the_pipe() -> None:
+    resources = load_template()["Resources"]
+    machine = resources[STATE_MACHINE]
+    assert machine["Type"] == "AWS::Serverless::StateMachine"
+    assert machine["Properties"]["DefinitionUri"] == "statemachine/embed_uploads.asl.json"
+    assert check_file(ASL, set(machine["Properties"]["DefinitionSubstitutions"])) == []
+    states = json.loads(ASL.read_text())["States"]
+    # The group's wait is a task token: no polling loop, no per-batch Wait state.
+    wait = states["WaitForBatches"]
+    assert wait["Resource"].endswith(".waitForTaskToken")
+    assert not any(s["Type"] == "Wait" and "Batch" in n and n != "WaitForBatchQueue"
+                   for n, s in states.items())  # fmt: skip
+    assert {"PollBatch", "DeleteDocument", "UploadOrDelete"}.isdisjoint(states)
+    assert "SyncMaxTokens" not in load_template()["Parameters"]
+    pipe = json.dumps(resources["UploadPipe"]["Properties"])
+    assert STATE_MACHINE in pipe
 
 
 def test_every_fail_state_is_named_for_users() -> None:
@@ -78,15 +95,37 @@ def test_every_fail_state_is_named_for_users() -> None:
 def test_functions_have_least_privilege_policies() -> None:
     resources = load_template()["Resources"]
     functions = {k: v for k, v in resources.items() if v["Type"] == "AWS::Serverless::Function"}
-    assert len(functions) == 12
+    assert set(functions) == {
+        "ChunkAndEstimateFunction", "CheckCacheFunction", "BudgetCheckFunction",
+        "BuildAndUploadJsonlFunction", "CreateBatchFunction", "EmbedSyncFunction",
+        "DeleteDocumentsFunction", "FetchAndWriteFunction", "RecordCostFunction",
+        "RecordFailureFunction", "SweepReservationsFunction", "WaitForBatchesFunction",
+        "WebhookReceiverFunction", "ReconcileBatchesFunction",
+    }  # fmt: skip
     for name, fn in functions.items():
-        text = json.dumps(fn["Properties"].get("Policies", []))
+        policies = fn["Properties"].get("Policies", [])
+        # The task-token actions (states:SendTask*) support no resource-level permission:
+        # the one statement that may name "*".
+        scoped = [p for p in policies if not _task_token_statement(p)]
+        text = json.dumps(scoped)
         assert "FullAccess" not in text and '"*"' not in text, name
         assert "DynamoDBCrudPolicy" not in text and "S3CrudPolicy" not in text, name
     # Only the functions that talk to Postgres read the database secret.
     readers = {n for n, fn in functions.items() if "DatabaseUrlSecret" in json.dumps(fn)}
-    assert readers == {"CheckCacheFunction", "FetchAndWriteFunction", "DeleteDocumentFunction",
+    assert readers == {"CheckCacheFunction", "FetchAndWriteFunction", "DeleteDocumentsFunction",
                        "RecordFailureFunction"}  # fmt: skip
+
+
+def _task_token_statement(policy: object) -> bool:
+    """A policy made only of statements allowing ``states:SendTask*`` actions."""
+    if not isinstance(policy, dict) or set(policy) != {"Statement"}:
+        return False
+    for statement in policy["Statement"]:
+        actions = statement.get("Action", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        if not actions or not all(a.startswith("states:SendTask") for a in actions):
+            return False
+    return True
 
 
 def test_bucket_is_private_encrypted_tls_only_and_sends_events() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from batch_embedder.pricing import cost_usd, price_for
 from tests.conftest import SAMPLES
 
 pytestmark = pytest.mark.integration
@@ -29,21 +30,34 @@ def test_ingest_json_then_search(tmp_path: Path) -> None:
     for name in ("appetite.rst.txt", "venv.rst.txt"):
         (docs / name).write_bytes((SAMPLES / name).read_bytes())
     (docs / "notes.pdf").write_bytes(b"%PDF-1.4")
-    # SyncMaxTokens=0: even these small files go through the Batch API (half price).
-    proc = cli("local", "ingest", str(docs), "--json", "--param", "SyncMaxTokens=0",
-               home=tmp_path / "home")  # fmt: skip
-    assert proc.returncode == 1, proc.stderr  # one file is not supported
+    # Uploaded one by one; the pipe groups them into one execution and one batch (half
+    # price: only urgent documents use the synchronous API).
+    proc = cli("local", "ingest", str(docs), "--json", home=tmp_path / "home")
+    # A file that is not supported is left out and reported; it fails nothing.
+    assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    by_key = {e["key"]: e for e in out["executions"]}
-    assert set(by_key) == {"appetite.rst.txt", "venv.rst.txt", "notes.pdf"}
-    assert by_key["notes.pdf"]["failed_state"] == "InvalidDocument"
-    assert "notes.pdf" in by_key["notes.pdf"]["cause"]
-    ok = [e for e in out["executions"] if e["status"] == "SUCCEEDED"]
-    assert all(e["vectors_written"] == e["chunks"] > 0 for e in ok)
+    [group] = out["executions"]
+    assert group["status"] == "SUCCEEDED", group["cause"]
+    assert group["keys"] == ["appetite.rst.txt", "notes.pdf", "venv.rst.txt"]
+    assert group["documents"] == 2 and group["batches"] == 1 and group["api"] == "batch"
+    assert group["rejected_count"] == 1 and len(group["rejected"]) == 1
+    assert group["rejected"][0].startswith("notes.pdf: ")
+    assert group["vectors_written"] == group["chunks"] > 0
+    # OpenAI at the batch price, exactly; AWS counted; the total is their sum.
+    price = price_for("text-embedding-3-small")
+    assert group["cost_usd"] == float(cost_usd(group["tokens"], price.batch))
+    assert group["standard_cost_usd"] == float(cost_usd(group["tokens"], price.standard))
+    assert group["aws_cost_usd"] > 0
+    assert group["total_cost_usd"] == pytest.approx(group["cost_usd"] + group["aws_cost_usd"])
     totals = out["totals"]
-    assert totals["files"] == 3 and totals["chunks"] == sum(e["chunks"] for e in ok)
-    assert totals["tokens"] == sum(e["tokens"] for e in ok)
-    assert totals["standard_cost_usd"] == pytest.approx(2 * totals["cost_usd"])
+    assert (totals["executions"], totals["files"], totals["batches"]) == (1, 3, 1)
+    assert (totals["succeeded"], totals["failed"]) == (1, 0)
+    assert (totals["documents"], totals["rejected"]) == (2, 1)
+    assert totals["chunks"] == group["chunks"] and totals["tokens"] == group["tokens"]
+    assert totals["cost_usd"] == group["cost_usd"]
+    assert totals["aws_cost_usd"] == group["aws_cost_usd"]
+    assert totals["total_cost_usd"] == group["total_cost_usd"]
+    assert totals["standard_cost_usd"] == pytest.approx(2 * totals["cost_usd"], abs=1e-9)
     assert out["seconds"] > 0
     assert "finished" in proc.stderr  # live progress went to stderr, JSON alone to stdout
 
@@ -51,10 +65,13 @@ def test_ingest_json_then_search(tmp_path: Path) -> None:
     report = cli("local", "costs", "--json", home=tmp_path / "home")
     assert report.returncode == 0, report.stderr
     total = json.loads(report.stdout)["total"]
+    assert int(total["jobs"]) == 1 and int(total["failed_jobs"]) == 0  # one group
+    assert int(total["documents"]) == 2 and int(total["batches"]) == 1
     assert int(total["tokens"]) == totals["tokens"]
-    assert int(total["jobs"]) == 2  # the pdf billed nothing, so it has no ledger record
-    assert float(total["cost_usd"]) == pytest.approx(totals["cost_usd"])
-    assert float(total["saved_pct"]) == pytest.approx(50.0)
+    assert float(total["openai_usd"]) == pytest.approx(totals["cost_usd"], abs=1e-9)
+    assert float(total["aws_usd"]) == pytest.approx(totals["aws_cost_usd"], abs=1e-9)
+    assert float(total["total_usd"]) == pytest.approx(totals["total_cost_usd"], abs=1e-9)
+    assert float(total["naive_usd"]) == pytest.approx(totals["naive_cost_usd"], abs=1e-9)
 
     found = cli("local", "search", "Python virtual environments created with venv", "--json",
                 "-k", "2", home=tmp_path / "home")  # fmt: skip
@@ -62,6 +79,20 @@ def test_ingest_json_then_search(tmp_path: Path) -> None:
     hits = json.loads(found.stdout)
     assert hits[0]["key"] == "venv.rst.txt"
     assert set(hits[0]) == {"key", "chunk_index", "score", "text"}
+
+
+def test_a_group_of_only_unsupported_files_fails_with_exit_code_1(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notes.pdf").write_bytes(b"%PDF-1.4")
+    (docs / "empty.txt").write_bytes(b"")
+    proc = cli("local", "ingest", str(docs), "--json", "--quiet", home=tmp_path / "home")
+    assert proc.returncode == 1, proc.stderr
+    out = json.loads(proc.stdout)
+    [group] = out["executions"]
+    assert group["status"] == "FAILED" and group["failed_state"] == "InvalidDocument"
+    assert "notes.pdf" in group["cause"] and "empty.txt" in group["cause"]
+    assert out["totals"]["failed"] == 1 and out["totals"]["files"] == 2
 
 
 def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:

@@ -1,7 +1,14 @@
-"""The whole workflow on the local stack: real ASL, real handlers, moto, pgserver, emulator."""
+"""The whole workflow on the local stack: real ASL, real handlers, moto, pgserver, emulator.
+
+One execution embeds one group of uploads (the pipe's window); its output lists each
+document's result.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,18 +17,22 @@ import psycopg
 import pytest
 
 from batch_embedder.aws import budget
+from batch_embedder.pricing import cost_usd, price_for
 from batch_embedder.tokenizer import count_tokens
 from tests.conftest import SAMPLES, fresh
 
 pytestmark = pytest.mark.integration
 
+MODEL = "text-embedding-3-small"
+PRICE = price_for(MODEL)
+START = ["ReadGroup", "ChunkAndEstimate", "AnyDeletes", "AnyChunks", "CheckCache",
+         "BudgetCheck", "BudgetReserved", "HowToEmbed"]  # fmt: skip
 HAPPY_PATH = [
-    "UploadOrDelete", "ReadUploadEvent", "ChunkAndEstimate", "CheckCache", "BudgetCheck",
-    "BudgetReserved", "HowToEmbed", "BuildAndUploadJsonl",
-    "CreateBatch",
-    "BatchQueued", "WaitForBatch", "PollBatch", "BatchStatus",
+    *START, "BuildAndUploadJsonl", "CreateBatch", "BatchQueued", "WaitForBatches",
+    "BatchOutcome", "FetchAndWrite", "RecordCost", "Embedded",
 ]  # fmt: skip
 SAMPLE_FILES = ["appetite.rst.txt", "controlflow.rst.txt", "errors.rst.txt", "venv.rst.txt"]
+TUTORIAL_KEYS = [f"tutorial/{name}" for name in SAMPLE_FILES]
 
 
 def rows(db: psycopg.Connection[tuple[Any, ...]], key: str) -> list[tuple[Any, ...]]:
@@ -33,11 +44,20 @@ def rows(db: psycopg.Connection[tuple[Any, ...]], key: str) -> list[tuple[Any, .
 
 
 def counter(stack: Any) -> dict[str, int]:
-    import os
+    return budget.get_counter(os.environ["USAGE_TABLE"], budget.utc_day(), f"model:{MODEL}")
 
-    return budget.get_counter(
-        os.environ["USAGE_TABLE"], budget.utc_day(), "model:text-embedding-3-small"
-    )
+
+def ledger(output: dict[str, Any]) -> dict[str, Any]:
+    table = boto3.resource("dynamodb").Table(os.environ["USAGE_TABLE"])
+    item: dict[str, Any] = table.get_item(
+        Key={"pk": f"ledger#{output['day']}", "sk": output["job_id"]}
+    )["Item"]
+    return item
+
+
+def usd(tokens: int, per_million: Any) -> float:
+    """What ``tokens`` cost at ``per_million`` USD, as the output and the ledger carry it."""
+    return float(cost_usd(tokens, per_million))
 
 
 @pytest.fixture()
@@ -50,57 +70,75 @@ def emulator(stack: Any) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def ingested(stack: Any) -> list[Any]:
-    files = [(f"tutorial/{name}", (SAMPLES / name).read_bytes()) for name in SAMPLE_FILES]
+    """The four tutorial pages uploaded one by one: one group (the pipe's 1 s window)."""
+    files = [
+        (key, (SAMPLES / name).read_bytes())
+        for key, name in zip(TUTORIAL_KEYS, SAMPLE_FILES, strict=True)
+    ]
     return stack.ingest(files, timeout=600)
 
 
-def test_every_execution_succeeds_through_the_named_states(ingested: list[Any]) -> None:
+def test_the_group_succeeds_through_the_named_states(ingested: list[Any]) -> None:
+    assert sorted(k for r in ingested for k in r.keys) == TUTORIAL_KEYS
     for result in ingested:
-        assert result.status == "SUCCEEDED", (result.key, result.failed_state, result.cause)
-        assert result.states[: len(HAPPY_PATH)] == HAPPY_PATH
-        assert result.states[-3:] == ["FetchAndWrite", "RecordCost", "Embedded"]
+        assert result.status == "SUCCEEDED", (result.keys, result.failed_state, result.cause)
+        assert result.states == HAPPY_PATH
+        out = result.output
+        assert out["api"] == "batch" and out["batches"] == 1
+        assert out["uploads"] == out["documents"] == len(result.keys)
+        assert [d["status"] for d in out["results"]] == ["embedded"] * len(result.keys)
+        assert out["rejected_count"] == 0 and out["rejected"] == []
 
 
 def test_rows_in_pgvector_equal_chunks_and_tokens_match_tiktoken(
     ingested: list[Any], db: psycopg.Connection[tuple[Any, ...]]
 ) -> None:
     for result in ingested:
-        stored = rows(db, result.key)
-        assert len(stored) == result.output["chunks"] == result.output["vectors_written"] > 0
-        assert [r[1] for r in stored] == list(range(len(stored)))
+        stored = {key: rows(db, key) for key in result.keys}
+        for key, chunks in stored.items():
+            assert len(chunks) == result.document(key)["chunks"] > 0
+            assert [r[1] for r in chunks] == list(range(len(chunks)))
+        every = [r for chunks in stored.values() for r in chunks]
+        assert len(every) == result.output["chunks"] == result.output["vectors_written"]
         # Billed tokens (the emulator's usage) equal tiktoken's count of the stored chunks.
-        assert result.output["billed_tokens"] == sum(count_tokens(r[4]) for r in stored)
-        assert result.output["billed_tokens"] == sum(r[3] for r in stored)
+        assert result.output["billed_tokens"] == sum(count_tokens(r[4]) for r in every)
+        assert result.output["billed_tokens"] == sum(r[3] for r in every)
+        assert result.output["billed_tokens"] == result.output["tokens"]
         dims = db.execute(
             "SELECT DISTINCT vector_dims(embedding), dimensions, model "
-            "FROM batch_embedder.chunks WHERE source_key = %s",
-            (result.key,),
+            "FROM batch_embedder.chunks WHERE source_key = ANY(%s)",
+            (result.keys,),
         ).fetchall()
-        assert dims == [(1536, 1536, "text-embedding-3-small")]
+        assert dims == [(1536, 1536, MODEL)]
 
 
 def test_cost_record_and_dynamodb_counters(stack: Any, ingested: list[Any]) -> None:
-    import os
-
     billed = sum(r.output["billed_tokens"] for r in ingested)
     c = counter(stack)
     assert c["reserved_tokens"] == 0  # every reservation settled
     assert c["committed_tokens"] >= billed
     assert c["held_tokens"] == c["committed_tokens"]
-    ddb = boto3.resource("dynamodb").Table(os.environ["USAGE_TABLE"])
     for result in ingested:
-        job_id = result.output["job_id"]
-        record = ddb.get_item(Key={"pk": f"ledger#{budget.utc_day()}", "sk": job_id})["Item"]
-        assert int(record["tokens"]) == result.output["billed_tokens"]
-        assert float(record["cost_usd"]) == pytest.approx(int(record["tokens"]) * 0.01 / 1e6)
-        assert float(record["standard_cost_usd"]) == pytest.approx(
-            int(record["tokens"]) * 0.02 / 1e6
+        out = result.output
+        record = ledger(out)
+        tokens = int(record["tokens"])
+        assert tokens == out["billed_tokens"] > 0
+        assert record["api"] == "batch" and float(record["price_per_million_usd"]) == 0.01
+        assert int(record["documents"]) == out["documents"] and int(record["batches"]) == 1
+        # OpenAI at the batch price, exactly; the standard price and what was saved.
+        assert float(record["cost_usd"]) == out["cost_usd"] == usd(tokens, PRICE.batch)
+        assert float(record["standard_cost_usd"]) == usd(tokens, PRICE.standard)
+        assert float(record["saved_usd"]) == pytest.approx(
+            usd(tokens, PRICE.standard) - usd(tokens, PRICE.batch), abs=1e-9
         )
-        assert float(record["saved_usd"]) == pytest.approx(float(record["cost_usd"]))
+        # AWS is counted too, and the total is their sum.
+        assert out["aws_cost_usd"] > 0 and float(record["aws_cost_usd"]) == out["aws_cost_usd"]
+        assert out["total_cost_usd"] == pytest.approx(out["cost_usd"] + out["aws_cost_usd"])
+        assert float(record["total_cost_usd"]) == out["total_cost_usd"]
         job = (
             boto3.resource("dynamodb")
             .Table(os.environ["JOBS_TABLE"])
-            .get_item(Key={"job_id": job_id})["Item"]
+            .get_item(Key={"job_id": out["job_id"]})["Item"]
         )
         assert job["status"] == "SUCCEEDED" and job["reservation_state"] == "committed"
 
@@ -108,12 +146,18 @@ def test_cost_record_and_dynamodb_counters(stack: Any, ingested: list[Any]) -> N
 def test_same_file_twice_leaves_the_same_rows(
     stack: Any, ingested: list[Any], db: psycopg.Connection[tuple[Any, ...]]
 ) -> None:
-    key = ingested[0].key
+    key = TUTORIAL_KEYS[0]
     before = rows(db, key)
     [again] = stack.ingest([(key, (SAMPLES / SAMPLE_FILES[0]).read_bytes())], timeout=300)
-    assert again.status == "SUCCEEDED"
+    assert again.status == "SUCCEEDED", again.cause
     assert rows(db, key) == before  # same ids, content, vectors
-    assert again.output["vectors_written"] == 0  # an identical re-upload rewrites nothing
+    out = again.output
+    assert out["vectors_written"] == 0  # an identical re-upload rewrites nothing
+    assert out["billed_tokens"] == 0 and out["api"] == "none" and out["batches"] == 0
+    assert out["cache_hits"] == len(before) and out["cost_usd"] == 0
+    assert again.document(key) == {"key": key, "status": "embedded", "chunks": len(before)}
+    # Nothing to embed: straight from HowToEmbed to FetchAndWrite, no batch.
+    assert again.states == [*START, "FetchAndWrite", "RecordCost", "Embedded"]
 
 
 def test_budget_exceeded_sends_nothing_and_reserves_nothing(
@@ -128,6 +172,7 @@ def test_budget_exceeded_sends_nothing_and_reserves_nothing(
     assert result.error == "BudgetExceededError"
     assert "big/controlflow.rst.txt" in result.cause and "tokens" in result.cause
     assert "remain" in result.cause
+    assert result.states[-3:] == ["RecordFailure", "FailureKind", "BudgetExceeded"]
     assert "BuildAndUploadJsonl" not in result.states
     assert emulator.stats()["files"] == files_before
     assert counter(stack)["held_tokens"] == held_before
@@ -157,6 +202,7 @@ def test_failed_and_expired_batches_release_the_reservation(
     [result] = stack.ingest([(key, fresh("errors.rst.txt", failed_state))], timeout=300)
     assert result.status == "FAILED", result.states
     assert result.failed_state == failed_state
+    assert result.states[-4:] == ["BatchOutcome", "RecordFailure", "FailureKind", failed_state]
     assert key in result.cause
     assert rows(db, key) == []
     after = counter(stack)
@@ -198,6 +244,7 @@ def test_bad_input_ends_in_invalid_document(
     assert result.status == "FAILED"
     assert result.failed_state == "InvalidDocument"
     assert key in result.cause and reason in result.cause
+    assert "CheckCache" not in result.states
     assert rows(db, key) == []
     assert counter(stack) == before
 
@@ -215,7 +262,8 @@ def test_file_over_the_size_limit(stack: Any, monkeypatch: Any) -> None:
 def test_odd_keys_succeed(stack: Any, db: psycopg.Connection[tuple[Any, ...]], key: str) -> None:
     [result] = stack.ingest([(key, b"A short note about tokens and batches.\n\nSecond paragraph.")])
     assert result.status == "SUCCEEDED", result.cause
-    assert len(rows(db, key)) == result.output["chunks"] == 1
+    assert result.keys == [key]
+    assert len(rows(db, key)) == result.document(key)["chunks"] == 1
 
 
 def test_search_finds_the_document_a_sentence_was_taken_from(
@@ -236,30 +284,28 @@ def test_search_finds_the_document_a_sentence_was_taken_from(
 def test_full_batch_queue_waits_instead_of_failing(
     stack: Any, monkeypatch: Any, emulator: Any
 ) -> None:
-    import time
-
     from batch_embedder.settings import Settings
     from batch_embedder.steps.batch import batch_queue
 
-    # Room for one of the two jobs at a time: the second waits in WaitForBatchQueue.
+    # Room for one of the two groups at a time: the second waits in WaitForBatchQueue.
     monkeypatch.setenv("BATCH_ENQUEUED_TOKEN_CAP", "12000")
     monkeypatch.setenv("BATCH_QUEUE_FULL_WAIT_SECONDS", "1")
     emulator.update_config(batch_in_progress_seconds=6.0)
     first = stack.start_execution(
-        stack.upload("queue/a.rst.txt", fresh("controlflow.rst.txt", "queue"))
+        [stack.upload("queue/a.rst.txt", fresh("controlflow.rst.txt", "queue"), deliver=False)]
     )
     deadline = time.monotonic() + 60
-    while stack.current_state(first) not in {"WaitForBatch", "PollBatch", "BatchStatus"}:
+    while stack.current_state(first) not in {"WaitForBatches", "BatchOutcome"}:
         assert time.monotonic() < deadline, stack.current_state(first)
         time.sleep(0.2)
     second = stack.start_execution(
-        stack.upload("queue/b.rst.txt", fresh("classes.rst.txt", "queue"))
+        [stack.upload("queue/b.rst.txt", fresh("classes.rst.txt", "queue"), deliver=False)]
     )
     results = stack.wait({first: "queue/a.rst.txt", second: "queue/b.rst.txt"}, timeout=300)
     assert [r.status for r in results] == ["SUCCEEDED", "SUCCEEDED"], [r.cause for r in results]
     assert "WaitForBatchQueue" not in results[0].states
     assert "WaitForBatchQueue" in results[1].states
-    queue = batch_queue(Settings(), "text-embedding-3-small").state()
+    queue = batch_queue(Settings(), MODEL).state()
     assert queue.enqueued_tokens == 0  # every finished batch gave its tokens back
 
 
@@ -270,13 +316,16 @@ def test_executions_racing_for_the_last_tokens_never_pass_the_limit(
     tokens = probe.output["tokens"]
     before = counter(stack)
     held = before["held_tokens"]
-    # Room for exactly three of the six identical uploads below.
-    monkeypatch.setenv("DAILY_TOKEN_LIMIT", str(held + 3 * tokens + tokens // 2))
-    # Six different documents of the same size (the same tokens each): no cache hits.
-    bodies = [fresh("venv.rst.txt", f"rac{i}") for i in range(6)]
-    results = stack.ingest(
-        [(f"race/copy-{i}.rst.txt", b) for i, b in enumerate(bodies)], timeout=300
-    )
+    limit = held + 3 * tokens + tokens // 2
+    # Room for exactly three of the six groups below.
+    monkeypatch.setenv("DAILY_TOKEN_LIMIT", str(limit))
+    # Six different documents of the same size (the same tokens each): no cache hits. Each
+    # is its own group, and the six executions run at the same time.
+    keys = [f"race/copy-{i}.rst.txt" for i in range(6)]
+    events = [stack.upload(k, fresh("venv.rst.txt", f"rac{i}"), deliver=False)
+              for i, k in enumerate(keys)]  # fmt: skip
+    arns = {stack.start_execution([e]): k for e, k in zip(events, keys, strict=True)}
+    results = stack.wait(arns, timeout=300)
     won = [r for r in results if r.status == "SUCCEEDED"]
     lost = [r for r in results if r.status != "SUCCEEDED"]
     assert len(won) == 3 and {r.failed_state for r in lost} == {"BudgetExceeded"}
@@ -284,7 +333,9 @@ def test_executions_racing_for_the_last_tokens_never_pass_the_limit(
     assert after["reserved_tokens"] == 0  # nothing left reserved
     committed = after["committed_tokens"] - before["committed_tokens"]
     assert committed == sum(r.output["billed_tokens"] for r in won)  # none lost
-    assert after["held_tokens"] <= held + 3 * tokens + tokens // 2
+    assert after["held_tokens"] <= limit
+    for r in won:
+        assert len(rows(db, r.key)) == r.document(r.key)["chunks"] > 0
     for r in lost:
         assert rows(db, r.key) == []
 
@@ -292,9 +343,6 @@ def test_executions_racing_for_the_last_tokens_never_pass_the_limit(
 def test_create_batch_never_creates_a_second_batch_on_retry(
     stack: Any, ingested: list[Any], emulator: Any
 ) -> None:
-    import json
-    import os
-
     history = stack.history(ingested[0].execution_arn)
     entered = {
         e["stateEnteredEventDetails"]["name"]: json.loads(e["stateEnteredEventDetails"]["input"])
@@ -302,7 +350,8 @@ def test_create_batch_never_creates_a_second_batch_on_retry(
         if "stateEnteredEventDetails" in e
     }
     job = entered["CreateBatch"]
-    created = [b["batch_id"] for b in entered["PollBatch"]["batches"]]
+    created = [b["batch_id"] for b in entered["WaitForBatches"]["batches"]]
+    assert len(created) == 1
     before = emulator.stats()["batches_created"]
 
     def invoke() -> list[str]:

@@ -1,4 +1,8 @@
-"""The synchronous path under 429s: the shared bucket slows down and the run completes."""
+"""The synchronous path under 429s: the shared bucket slows down and the run completes.
+
+Only urgent documents (``SyncPrefixes`` or the tag ``priority=urgent``) and the fallback
+of a failed or expired batch use the synchronous API.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import openai
+import psycopg
 import pytest
 
 from batch_embedder.aws.token_bucket import TokenBucket
@@ -15,6 +20,7 @@ from batch_embedder.openai_client import QuotaExhaustedError
 from batch_embedder.sync_embed import embed_sync
 from batch_embedder.tokenizer import count_tokens
 from batch_embedder_local.stack import LOCAL_API_KEY
+from tests.conftest import fresh
 
 pytestmark = pytest.mark.integration
 MODEL = "text-embedding-3-small"
@@ -78,3 +84,35 @@ def test_5xx_is_retried_and_insufficient_quota_is_not(stack: Any, emulator: Any)
         embed_sync(client(emulator), rows(5), model=MODEL, dimensions=None, bucket=None,
                    max_wait_seconds=5, sleep=lambda s: None)  # fmt: skip
     assert emulator.stats()["rate_limited"] >= 1
+
+
+def test_an_urgent_group_under_429s_waits_them_out_and_completes(
+    stack: Any, emulator: Any, db: psycopg.Connection[tuple[Any, ...]], monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("SYNC_PREFIXES", "urgent/")
+    # Several requests per document, and the first two answered 429 (retry-after 0.5 s).
+    monkeypatch.setenv("BATCH_INPUTS_PER_REQUEST", "2")
+    emulator.update_config(fail_next_requests_429=2, retry_after_seconds=0.5)
+    keys = ["urgent/429-a.rst.txt", "urgent/429-b.rst.txt"]
+    before = emulator.stats()
+    events = [
+        stack.upload(keys[0], fresh("whatnow.rst.txt", "429"), deliver=False),
+        stack.upload(keys[1], fresh("appetite.rst.txt", "429"), deliver=False),
+    ]
+    arn = stack.start_execution(events)
+    [result] = stack.wait({arn: "urgent"}, timeout=300)
+    assert result.status == "SUCCEEDED", (result.failed_state, result.cause)
+    assert "EmbedSync" in result.states and "BuildAndUploadJsonl" not in result.states
+    after = emulator.stats()
+    assert after["rate_limited"] - before["rate_limited"] == 2
+    assert after["batches_created"] == before["batches_created"]
+    # Every chunk billed once: the 429s were waited out, not paid for.
+    out = result.output
+    assert out["api"] == "sync"
+    assert after["sync_billed_tokens"] - before["sync_billed_tokens"] == out["billed_tokens"]
+    assert out["billed_tokens"] == out["tokens"] - out["tokens_saved"] > 0
+    for key in keys:
+        count = db.execute(
+            "SELECT count(*) FROM batch_embedder.chunks WHERE source_key = %s", (key,)
+        ).fetchone()
+        assert count is not None and count[0] == result.document(key)["chunks"] > 0

@@ -1,10 +1,11 @@
-"""``batch-embedder costs``: the ledger read back, summed exactly and rendered."""
+"""``batch-embedder costs``: LedgerRecords read back from DynamoDB, grouped, summed exactly."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from collections.abc import Iterator
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,56 +16,89 @@ from moto import mock_aws
 
 from batch_embedder import pricing
 from batch_embedder.aws import clients, dynamodb, jobs
-from batch_embedder_local import costs
+from batch_embedder.records import LedgerRecord
+from batch_embedder_local import cost_report, costs
 from batch_embedder_local.moto_tables import create_table
 from batch_embedder_local.template import load_template
 
 SMALL, LARGE = "text-embedding-3-small", "text-embedding-3-large"
-# USD per 1M tokens, as in batch_embedder/pricing.py (checked below).
-PRICES = {SMALL: {"standard": 0.02, "batch": 0.01}, LARGE: {"standard": 0.13, "batch": 0.065}}
-
-# (day, job, model, api, status, billed tokens, cost, standard cost, naive cost or None)
-#   a1: 1,000,000 x 0.01/1M = 0.01 paid, x 0.02 = 0.02 standard; naive embeds 1,500,000
-#       tokens (cache hits included) x 0.02 = 0.03
-#   a2: 200,000 x 0.065 = 0.013, x 0.13 = 0.026; written before naive_cost_usd existed
-#   b1: 500,000 through the synchronous API: 0.01 paid = standard = naive
-#   b2: failed after 10,000 billed tokens: 0.00065, 0.0013, naive 0.0013
-#   c1: 3,000,000 x 0.065 = 0.195, x 0.13 = 0.39; naive 4,000,000 x 0.13 = 0.52
-JOBS: list[tuple[str, str, str, str | None, str, int, float, float, float | None]] = [
-    ("2025-03-01", "a1", SMALL, "batch", "SUCCEEDED", 1_000_000, 0.01, 0.02, 0.03),
-    ("2025-03-01", "a2", LARGE, None, "SUCCEEDED", 200_000, 0.013, 0.026, None),
-    ("2025-03-02", "b1", SMALL, "sync", "SUCCEEDED", 500_000, 0.01, 0.01, 0.01),
-    ("2025-03-02", "b2", LARGE, "batch", "FAILED", 10_000, 0.00065, 0.0013, 0.0013),
-    ("2025-03-03", "c1", LARGE, "batch", "SUCCEEDED", 3_000_000, 0.195, 0.39, 0.52),
-]
 D = Decimal
 
 
+def _rec(job_id: str, day: str, model: str, api: str, **kw: Any) -> LedgerRecord:
+    status = kw.pop("status", "SUCCEEDED")
+    source = f"s3://docs/{job_id}"
+    return LedgerRecord(
+        job_id=job_id, source=source, day=day, model=model, api=api, status=status, **kw
+    )
+
+
+# OpenAI figures at pricing.py's prices (checked below); AWS figures arbitrary, 9 decimals.
+#   a1: 1,000,000 batch tokens: 0.01 paid, 0.02 standard; naive 1,500,000 x 0.02 = 0.03
+#   b1: 500,000 through the synchronous API: 0.01 = standard = naive, so total > naive
+#   b2: failed after 10,000 billed batch tokens: 0.00065, standard = naive = 0.0013
+#   c1: 3,000,000 batch tokens, documents under several folders: 0.195, 0.39, naive 0.52
+RECORDS = [
+    _rec("a1", "2025-03-01", SMALL, "batch", prefix="tenant-a/", documents=40, batches=2,
+         tokens=1_000_000, cost_usd=0.01, aws_cost_usd=0.000123456,
+         total_cost_usd=0.010123456, standard_cost_usd=0.02, naive_cost_usd=0.03),
+    _rec("b1", "2025-03-02", SMALL, "sync", prefix="tenant-b/", documents=3, tokens=500_000,
+         cost_usd=0.01, aws_cost_usd=0.000002345, total_cost_usd=0.010002345,
+         standard_cost_usd=0.01, naive_cost_usd=0.01),
+    _rec("b2", "2025-03-02", LARGE, "batch", status="FAILED", prefix="tenant-a/", batches=1,
+         tokens=10_000, cost_usd=0.00065, aws_cost_usd=0.000050001,
+         total_cost_usd=0.000700001, standard_cost_usd=0.0013, naive_cost_usd=0.0013),
+    _rec("c1", "2025-03-03", LARGE, "batch+sync", prefix="", documents=120, batches=3,
+         tokens=3_000_000, cost_usd=0.195, aws_cost_usd=0.001234567,
+         total_cost_usd=0.196234567, standard_cost_usd=0.39, naive_cost_usd=0.52),
+]  # fmt: skip
+# a2: written before api, prefix, documents, AWS and naive costs existed: api "batch", no
+# AWS cost, naive = its standard cost (200,000 large batch tokens: 0.013, standard 0.026).
+LEGACY = {"job_id": "a2", "source": "s3://docs/a2", "day": "2025-03-01", "model": LARGE,
+          "status": "SUCCEEDED", "tokens": 200_000, "price_per_million_usd": 0.065,
+          "cost_usd": 0.013, "standard_cost_usd": 0.026, "saved_usd": 0.013}  # fmt: skip
+
+# label: (groups, failed, documents, batches, tokens, openai, aws, total, naive)
+TOTAL = (5, 1, 163, 6, 4_710_000, 0.22865, 0.001410369, 0.230060369, 0.5873)
+BY_DAY = {
+    "2025-03-01": (2, 0, 40, 2, 1_200_000, 0.023, 0.000123456, 0.023123456, 0.056),
+    "2025-03-02": (2, 1, 3, 1, 510_000, 0.01065, 0.000052346, 0.010702346, 0.0113),
+    "2025-03-03": (1, 0, 120, 3, 3_000_000, 0.195, 0.001234567, 0.196234567, 0.52),
+}
+BY_MODEL = {  # largest total first
+    LARGE: (3, 1, 120, 4, 3_210_000, 0.20865, 0.001284568, 0.209934568, 0.5473),
+    SMALL: (2, 0, 43, 2, 1_500_000, 0.02, 0.000125801, 0.020125801, 0.04),
+}
+BY_PREFIX = {
+    "": (2, 0, 120, 3, 3_200_000, 0.208, 0.001234567, 0.209234567, 0.546),
+    "tenant-a/": (2, 1, 40, 3, 1_010_000, 0.01065, 0.000173457, 0.010823457, 0.0313),
+    "tenant-b/": (1, 0, 3, 0, 500_000, 0.01, 0.000002345, 0.010002345, 0.01),
+}
+BY_API = {
+    "batch+sync": (1, 0, 120, 3, 3_000_000, 0.195, 0.001234567, 0.196234567, 0.52),
+    "batch": (3, 1, 40, 3, 1_210_000, 0.02365, 0.000173457, 0.023823457, 0.0573),
+    "sync": (1, 0, 3, 0, 500_000, 0.01, 0.000002345, 0.010002345, 0.01),
+}
+
+
+def _figures(row: cost_report.CostRow) -> tuple[Any, ...]:
+    return (
+        row.jobs,
+        row.failed_jobs,
+        row.documents,
+        row.batches,
+        row.tokens,
+        row.openai_usd,
+        row.aws_usd,
+        row.total_usd,
+        row.naive_usd,
+    )
+
+
 def _write_ledger(table: str) -> None:
-    for day, job_id, model, api, status, tokens, cost, standard, naive in JOBS:
-        price = PRICES[model]["standard" if api == "sync" else "batch"]
-        record: dict[str, Any] = {
-            "job_id": job_id,
-            "source": f"s3://docs/{job_id}.md",
-            "day": day,
-            "model": model,
-            "status": status,
-            "tokens": tokens,
-            "price_per_million_usd": price,
-            "cost_usd": cost,
-            "standard_cost_usd": standard,
-            "saved_usd": standard - cost,
-        }
-        if naive is not None:
-            record["naive_cost_usd"] = naive
-        if api is not None:
-            record["api"] = api
-        jobs.put_ledger_record(table, day, job_id, record)
-
-
-def _create_usage_table(name: str) -> str:
-    create_table("UsageTable", name)
-    return name
+    for rec in RECORDS:
+        jobs.put_ledger_record(table, rec.day, rec.job_id, rec.model_dump())
+    jobs.put_ledger_record(table, "2025-03-01", "a2", LEGACY)
 
 
 @pytest.fixture()
@@ -84,115 +118,151 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture()
 def table(aws: None) -> str:
-    name = _create_usage_table("costs-usage")
-    _write_ledger(name)
-    return name
+    create_table("UsageTable", "costs-usage")
+    _write_ledger("costs-usage")
+    return "costs-usage"
 
 
 def _args(**kw: Any) -> argparse.Namespace:
-    base: dict[str, Any] = {
-        "since": None,
-        "until": None,
-        "json": False,
-        "markdown": None,
-        "plot": None,
-        "table": None,
-        "stack_name": None,
-    }
-    return argparse.Namespace(**{**base, **kw})
+    base = dict.fromkeys(["since", "until", "markdown", "plot", "table", "stack_name"])
+    return argparse.Namespace(**{**base, "json": False, **kw})
 
 
-def _report(table: str) -> costs.CostReport:
-    from datetime import date
-
+def _report(table: str, by: cost_report.GroupBy = "day") -> costs.CostReport:
     since, until = date(2025, 3, 1), date(2025, 3, 3)
-    return costs.summarise(costs.load_records(table, since, until), since, until)
+    return costs.summarise(costs.load_records(table, since, until), since, until, by=by)
 
 
 def test_the_hand_figures_match_the_price_table() -> None:
-    for _day, _job, model, api, _status, tokens, cost, standard, _naive in JOBS:
-        price = pricing.PRICES[model]
-        assert float(price.standard) == PRICES[model]["standard"]
-        assert float(price.batch) == PRICES[model]["batch"]
-        b = pricing.breakdown(model, tokens)
-        assert b.standard_usd == D(str(standard))
-        assert (b.standard_usd if api == "sync" else b.batch_usd) == D(str(cost))
+    for rec in [*RECORDS, LedgerRecord.model_validate({**LEGACY, "api": "batch"})]:
+        b = pricing.breakdown(rec.model, rec.tokens)
+        assert b.standard_usd == D(str(rec.standard_cost_usd))
+        assert (b.standard_usd if rec.api == "sync" else b.batch_usd) == D(str(rec.cost_usd))
+    for rec in RECORDS:
+        assert D(str(rec.cost_usd)) + D(str(rec.aws_cost_usd)) == D(str(rec.total_cost_usd))
 
 
-def test_summary_totals_are_exact(table: str) -> None:
-    records = costs.load_records(table, *_days("2025-03-01", "2025-03-03"))
-    assert [r["day"] for r in records] == ["2025-03-01"] * 2 + ["2025-03-02"] * 2 + ["2025-03-03"]
-    assert isinstance(records[0]["cost_usd"], Decimal)
-    report = costs.summarise(records)
+def test_items_are_read_through_ledger_record(table: str) -> None:
+    items = costs.load_records(table, date(2025, 3, 1), date(2025, 3, 3))
+    assert [i["sk"] for i in items] == ["a1", "a2", "b1", "b2", "c1"]
+    assert isinstance(items[0]["cost_usd"], Decimal)
+    parsed = [cost_report.parse_record(i) for i in items]
+    assert parsed[0] == RECORDS[0]  # Decimals back to the floats written
+    legacy = parsed[1]
+    assert (legacy.api, legacy.prefix, legacy.aws_cost_usd, legacy.documents) == ("batch", "", 0, 0)
+    with pytest.raises(ValueError, match="ledger record ledger#2025-03-01/x is malformed"):
+        cost_report.parse_record({"pk": "ledger#2025-03-01", "sk": "x", "tokens": D(-1)})
+
+
+@pytest.mark.parametrize(
+    ("by", "expected"),
+    [("day", BY_DAY), ("model", BY_MODEL), ("prefix", BY_PREFIX), ("api", BY_API)],
+)
+def test_grouped_figures_are_exact(
+    table: str, by: cost_report.GroupBy, expected: dict[str, tuple[Any, ...]]
+) -> None:
+    report = _report(table, by)
+    assert report.by == by
+    assert {r.label: _figures(r) for r in report.groups} == expected
+    assert [r.label for r in report.groups] == list(expected)  # days oldest, else largest first
+    assert _figures(report.total) == TOTAL
+    assert [r.label for r in report.days] == list(BY_DAY)  # the chart's days, whatever `by`
+    for row in [*report.groups, report.total]:
+        assert D(str(row.openai_usd)) + D(str(row.aws_usd)) == D(str(row.total_usd))
+        assert D(str(row.saved_vs_naive_usd)) == D(str(row.naive_usd)) - D(str(row.total_usd))
     t = report.total
-    assert (t.jobs, t.failed_jobs, t.tokens) == (5, 1, 4_710_000)
-    assert t.cost_usd == D("0.22865")  # 0.01 + 0.013 + 0.01 + 0.00065 + 0.195
-    assert t.standard_cost_usd == D("0.4473")  # 0.02 + 0.026 + 0.01 + 0.0013 + 0.39
-    assert t.naive_cost_usd == D("0.5873")  # 0.03 + 0.026 (old: = standard) + 0.01 + 0.0013 + 0.52
-    assert t.saved_usd == D("0.21865")
-    assert t.saved_pct == D("0.21865") / D("0.4473") * 100
-    assert t.saved_vs_naive_pct == D("0.35865") / D("0.5873") * 100
-    assert f"{t.saved_pct:.2f}" == "48.88"
-    assert f"{t.saved_vs_naive_pct:.2f}" == "61.07"
-
-    days = {r.label: r for r in report.days}
-    assert list(days) == ["2025-03-01", "2025-03-02", "2025-03-03"]
-    assert (days["2025-03-01"].cost_usd, days["2025-03-01"].naive_cost_usd) == (
-        D("0.023"),
-        D("0.056"),
-    )
-    assert days["2025-03-02"].cost_usd == D("0.01065")
-    assert days["2025-03-02"].saved_usd == D("0.00065")
-    assert days["2025-03-02"].failed_jobs == 1
-    assert days["2025-03-03"].saved_pct == D(50)
-
-    models = report.models
-    assert [m.label for m in models] == [LARGE, SMALL]  # largest spend first
-    assert (models[0].jobs, models[0].tokens, models[0].cost_usd) == (3, 3_210_000, D("0.20865"))
-    assert (models[0].standard_cost_usd, models[0].naive_cost_usd) == (D("0.4173"), D("0.5473"))
-    assert (models[1].jobs, models[1].tokens, models[1].cost_usd) == (2, 1_500_000, D("0.02"))
-    assert models[1].saved_pct == D("0.01") / D("0.03") * 100
-    assert (report.since, report.until) == _days("2025-03-01", "2025-03-03")
+    assert t.saved_vs_naive_usd == 0.357239631
+    assert t.total_over_naive == round(0.230060369 / 0.5873, 9)
+    if by == "api":  # the synchronous group paid AWS on top of the naive price
+        assert report.groups[2].saved_vs_naive_usd == -0.000002345
 
 
 def test_an_empty_range_reports_nothing(aws: None) -> None:
-    name = _create_usage_table("empty-usage")
-    report = costs.summarise(costs.load_records(name, *_days("2025-01-01", "2025-01-02")))
-    assert report.total.jobs == 0 and report.total.saved_pct is None
+    create_table("UsageTable", "empty-usage")
+    report = costs.summarise(costs.load_records("empty-usage", date(2025, 1, 1), date(2025, 1, 2)))
+    assert report.total.jobs == 0 and report.total.total_over_naive is None
+    assert (report.since, report.until, report.groups) == (None, None, [])
     assert "no finished jobs" in costs.render_table(report)
     assert "No finished jobs" in costs.render_markdown(report)
+    with pytest.raises(ValueError, match="cannot group by 'week'"):
+        costs.summarise([], by="week")  # type: ignore[arg-type]
 
 
-def test_table_markdown_and_json(table: str) -> None:
-    report = _report(table)
-    text = costs.render_table(report)
-    assert "2025-03-02" in text and LARGE in text
-    total_line = next(line for line in text.splitlines() if line.startswith("total"))
-    assert "4,710,000" in total_line and "0.228650" in total_line and "48.9%" in total_line
-    widths = {len(line) for line in text.splitlines()[2:7]}  # header, rule, 3 days
-    assert len(widths) == 1, text
+def test_table_and_markdown(table: str) -> None:
+    text = costs.render_table(_report(table, "prefix"))
+    lines = text.splitlines()
+    assert lines[0] == "Embedding costs per prefix, 2025-03-01 to 2025-03-03 (UTC)"
+    assert lines[2].split() == [
+        "prefix",
+        "groups",
+        "failed",
+        "documents",
+        "batches",
+        "tokens",
+        "openai",
+        "$",
+        "aws",
+        "$",
+        "total",
+        "$",
+        "naive",
+        "$",
+        "saved",
+        "$",
+        "total/naive",
+    ]
+    assert lines[4].split()[:2] == ["(mixed)", "2"]
+    assert len({len(line) for line in lines[2:5]}) == 1, text  # header, rule, first row
+    total_line = next(line for line in lines if line.startswith("total"))
+    assert total_line.split()[1:] == [
+        "5",
+        "1",
+        "163",
+        "6",
+        "4,710,000",
+        "0.228650",
+        "0.001410",
+        "0.230060",
+        "0.587300",
+        "0.357240",
+        "0.392",
+    ]
+    assert "paid $0.230060 (OpenAI $0.228650 + AWS $0.001410)" in text
 
-    md = costs.render_markdown(report, title="March embeddings")
-    head, _, rest = md.partition("## Per day")
+    md = costs.render_markdown(_report(table, "api"), title="March embeddings")
+    head, _, rest = md.partition("## Per api")
     assert head.startswith("# March embeddings")
-    for figure in ("$0.228650", "$0.447300", "$0.218650 (48.9%)", "$0.587300", "(61.1%)"):
+    for figure in (
+        "**Spent: $0.230060** (OpenAI $0.228650 + AWS $0.001410)",
+        "163 document",
+        "$0.587300",
+        "**$0.357240 saved** (total/naive 0.392)",
+    ):
         assert figure in head, figure
-    per_day, _, per_model = rest.partition("## Per model")
-    assert "| 2025-03-01 | 2 | 0 | 1,200,000 | 0.023000 |" in per_day
-    assert "| **total** | **5** | **1** | **4,710,000** |" in per_day
-    assert f"| {LARGE} | 3 | 1 | 3,210,000 | 0.208650 |" in per_model
-    assert "`batch_embedder/pricing.py`" in per_model
-    assert "2025-03-01 to 2025-03-03" in per_model.split("---")[-1]
+    row = "| sync | 1 | 0 | 3 | 0 | 500,000 | 0.010000 | 0.000002 | 0.010002 | 0.010000 |"
+    assert row in rest
+    assert "| **total** | **5** | **1** | **163** | **6** | **4,710,000** |" in rest
+    assert "`batch_embedder/aws_pricing.py`" in rest.split("---")[-1]
 
-    raw = costs.render_json(report)
-    assert costs.CostReport.model_validate_json(raw) == report
-    data = json.loads(raw)
-    assert data["total"]["cost_usd"] == "0.22865"
-    assert data["days"][0]["label"] == "2025-03-01"
+
+def _decimals(value: float) -> int:
+    return max(0, -int(D(str(value)).as_tuple().exponent))
+
+
+def test_json_money_is_numbers_with_at_most_9_decimals(table: str) -> None:
+    data = json.loads(costs.render_json(_report(table, "model")))
+    assert set(data) == {"since", "until", "by", "groups", "total"}
+    assert (data["by"], [g["label"] for g in data["groups"]]) == ("model", [LARGE, SMALL])
+    t = data["total"]
+    assert (t["openai_usd"], t["aws_usd"], t["total_usd"]) == (0.22865, 0.001410369, 0.230060369)
+    assert (t["naive_usd"], t["saved_vs_naive_usd"]) == (0.5873, 0.357239631)
+    for row in [*data["groups"], t]:
+        for name in ("openai_usd", "aws_usd", "total_usd", "naive_usd", "saved_vs_naive_usd"):
+            assert type(row[name]) is float and _decimals(row[name]) <= 9, (name, row[name])
 
 
 def test_plot_writes_a_png(table: str, tmp_path: Path) -> None:
-    out = costs.plot_png(_report(table), tmp_path / "plots" / "daily.png")
+    out = costs.plot_png(_report(table, "prefix"), tmp_path / "plots" / "daily.png")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert 5_000 < len(data) < 1_000_000
@@ -200,35 +270,36 @@ def test_plot_writes_a_png(table: str, tmp_path: Path) -> None:
     assert (width, height) == (1000, 500)
 
 
-def test_main_filters_days_and_writes_files(
+def test_main_groups_filters_days_and_writes_files(
     table: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     parser = argparse.ArgumentParser()
     costs.add_arguments(parser)
+    assert parser.parse_args([]).by == "day"
     md, png = tmp_path / "costs.md", tmp_path / "costs.png"
     argv = ["--table", table, "--since", "2025-03-02", "--until", "2025-03-03", "--json"]
-    args = parser.parse_args([*argv, "--markdown", str(md), "--plot", str(png)])
+    args = parser.parse_args([*argv, "--by", "api", "--markdown", str(md), "--plot", str(png)])
     assert costs.main(args) == 0
     data = json.loads(capsys.readouterr().out)
-    assert [d["label"] for d in data["days"]] == ["2025-03-02", "2025-03-03"]
-    assert D(data["total"]["cost_usd"]) == D("0.20565")  # 0.01 + 0.00065 + 0.195
-    assert data["total"]["jobs"] == 3
-    assert "$0.205650" in md.read_text() and png.read_bytes()[:4] == b"\x89PNG"
+    assert [g["label"] for g in data["groups"]] == ["batch+sync", "sync", "batch"]
+    assert (data["total"]["jobs"], data["total"]["total_usd"]) == (3, 0.206936913)
+    assert "## Per api" in md.read_text() and png.read_bytes()[:4] == b"\x89PNG"
 
-    # default --since: 30 days before --until; the table goes to stdout; USAGE_TABLE used
+    # no `by` in the namespace: per day; default --since: 30 days before --until; USAGE_TABLE
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("USAGE_TABLE", table)
         assert costs.main(_args(until="2025-03-31")) == 0
     out = capsys.readouterr().out
-    assert out.startswith("Embedding costs, 2025-03-01 to 2025-03-31 (UTC)")
-    assert "0.228650" in out
+    assert out.startswith("Embedding costs per day, 2025-03-01 to 2025-03-31 (UTC)")
+    assert "0.230060" in out and "2025-03-02" in out
 
     assert costs.main(_args(table=table, since="2025-03-03", until="2025-03-03", markdown="-")) == 0
     out = capsys.readouterr().out
-    assert out.startswith("# Embedding costs") and "$0.195000" in out and "day    " not in out
+    assert out.startswith("# Embedding costs") and "$0.196235" in out and "day    " not in out
 
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--since", "March"])
+    for bad in (["--since", "March"], ["--by", "week"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
 
 
 def test_main_reports_usage_errors(table: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -239,6 +310,9 @@ def test_main_reports_usage_errors(table: str, capsys: pytest.CaptureFixture[str
     assert costs.main(_args(table=table, json=True, markdown="-")) == 2
     assert costs.main(_args(table="no-such-table", until="2025-03-01")) == 2
     assert "ResourceNotFound" in capsys.readouterr().err
+    jobs.put_ledger_record(table, "2025-03-04", "bad", {"job_id": "bad", "model": SMALL})
+    assert costs.main(_args(table=table, since="2025-03-04", until="2025-03-04")) == 2
+    assert "ledger record ledger#2025-03-04/bad is malformed" in capsys.readouterr().err
 
 
 def test_main_reads_the_table_from_a_stack_output(
@@ -256,15 +330,9 @@ def test_main_reads_the_table_from_a_stack_output(
     _write_ledger(name)
     args = _args(stack_name="batch-embedder", since="2025-03-03", until="2025-03-03", json=True)
     assert costs.main(args) == 0
-    assert json.loads(capsys.readouterr().out)["total"]["cost_usd"] == "0.195"
+    assert json.loads(capsys.readouterr().out)["total"]["total_usd"] == 0.196234567
 
     body["Outputs"] = {"Other": {"Value": "x"}}
     cfn.create_stack(StackName="no-output", TemplateBody=json.dumps(body))
     assert costs.main(_args(stack_name="no-output")) == 2
     assert "no UsageTableName output (outputs: Other)" in capsys.readouterr().err
-
-
-def _days(since: str, until: str) -> tuple[Any, Any]:
-    from datetime import date
-
-    return date.fromisoformat(since), date.fromisoformat(until)

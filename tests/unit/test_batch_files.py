@@ -76,12 +76,23 @@ def test_files_split_before_requests_inputs_or_bytes_pass_the_cap(tmp_path: Path
 
 def test_out_of_order_or_oversized_chunks_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="out of order"):
-        write_batch_files([(1, "a", 1)], job_id="j", model="m", dimensions=None, directory=tmp_path)
+        write_batch_files(
+            [(1, "a", 1), (1, "b", 1)], job_id="j", model="m", dimensions=None, directory=tmp_path
+        )
     with pytest.raises(ValueError, match="over the request cap"):
         write_batch_files(
             [(0, "a", 10)], job_id="j", model="m", dimensions=None, directory=tmp_path,
             limits=BatchLimits(tokens_per_request=5),
         )  # fmt: skip
+
+
+def test_a_gap_in_the_seqs_starts_a_new_request(tmp_path: Path) -> None:
+    # Rows left out (urgent, or of a prefix over budget) leave gaps: a custom_id is a range.
+    files = write_batch_files(
+        [(0, "a", 1), (1, "b", 1), (5, "c", 1), (6, "d", 1)],
+        job_id="j", model="m", dimensions=None, directory=tmp_path,
+    )  # fmt: skip
+    assert files[0].custom_ids == ["j:0-2", "j:5-7"]
 
 
 def test_custom_id_round_trip() -> None:

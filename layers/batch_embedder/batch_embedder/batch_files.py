@@ -87,6 +87,9 @@ def pack_requests(
 ) -> Iterator[list[tuple[int, str, int]]]:
     """Group ``(seq, text, token_count)`` rows into requests within the per-request limits.
 
+    A request holds consecutive seqs only (its custom_id is a range): a gap in the seqs
+    (rows left out: urgent, or of a prefix over budget) starts a new request.
+
     Yields:
         Consecutive rows for one ``/v1/embeddings`` request (at most
         ``limits.inputs_per_request`` inputs and ``limits.tokens_per_request`` tokens).
@@ -101,7 +104,8 @@ def pack_requests(
         if row[2] > limits.tokens_per_request:
             raise ValueError(f"chunk {row[0]} has {row[2]} tokens, over the request cap")
         if request and (
-            len(request) + 1 > min(limits.inputs_per_request, limits.inputs_per_file)
+            row[0] != request[-1][0] + 1
+            or len(request) + 1 > min(limits.inputs_per_request, limits.inputs_per_file)
             or tokens + row[2] > limits.tokens_per_request
         ):
             yield request
@@ -121,7 +125,7 @@ def write_batch_files(
     directory: Path,
     limits: BatchLimits | None = None,
 ) -> list[PlannedFile]:
-    """Pack ``(seq, text, token_count)`` rows (in seq order) into batch files.
+    """Pack ``(seq, text, token_count)`` rows (increasing seqs) into batch files.
 
     A request closes before it would pass the per-request input or token limit; a file
     closes before it would pass the per-batch request, input or byte limit. Files are
@@ -131,21 +135,21 @@ def write_batch_files(
         The files written, in order (at least one if any chunk was given).
 
     Raises:
-        ValueError: chunk indexes are not consecutive from 0, or one chunk alone exceeds
+        ValueError: chunk seqs are not increasing, or one chunk alone exceeds
             the per-request token limit.
     """
     limits = limits or BatchLimits()
     files: list[PlannedFile] = []
     handle: IO[bytes] | None = None
     current: PlannedFile | None = None
-    expected = 0
+    last = -1
 
     def ordered() -> Iterator[tuple[int, str, int]]:
-        nonlocal expected
+        nonlocal last
         for row in chunks:
-            if row[0] != expected:
-                raise ValueError(f"chunk {row[0]} out of order (expected {expected})")
-            expected += 1
+            if row[0] <= last:
+                raise ValueError(f"chunk {row[0]} out of order (after {last})")
+            last = row[0]
             yield row
 
     try:

@@ -1,24 +1,28 @@
 """The pydantic contracts that travel between the workflow's states.
 
-Each Lambda parses its input into one of these and returns the next. They grow by
-inheritance, so every state's output is the next state's input and the execution's
-state payload stays small: chunks and request lines live in S3 (Step Functions caps a
-payload at 256 KB).
+One execution embeds one **group** of uploads: the EventBridge Pipe (or the local stack,
+which groups the same way) collects the S3 events of a window and starts one execution
+with the list of :class:`Upload` records. Each Lambda parses its input into one of these
+and returns the next. They grow by inheritance, so every state's output is the next
+state's input and the state payload stays small: chunks, request lines and per-document
+outcomes live in S3 (Step Functions caps a payload at 256 KB,
+https://docs.aws.amazon.com/step-functions/latest/dg/limits-overview.html).
 
-Flow: ``ChunkRequest`` -> ChunkAndEstimate -> ``ChunkedJob`` -> BudgetCheck ->
-``BudgetDecision`` (= ``ReservedJob`` once reserved) -> BuildAndUploadJsonl ->
-``UploadedJob`` -> CreateBatch ->
-``SubmittedJob`` -> (Wait, PollBatch -> ``SubmittedJob``)* -> FetchAndWrite ->
-``WrittenJob`` -> RecordCost -> ``JobSummary``. Any failure -> RecordFailure
-(``FailureInput``) -> ``FailureOutcome``.
+Flow: ``GroupRequest`` -> ChunkAndEstimate -> ``ChunkedJob`` -> (DeleteDocuments) ->
+CheckCache -> BudgetCheck -> ``BudgetDecision`` (= ``ReservedJob`` once reserved) ->
+(EmbedSync for urgent documents) -> BuildAndUploadJsonl -> ``UploadedJob`` -> CreateBatch
+-> ``SubmittedJob`` -> WaitForBatches (a task token, finished by the webhook or the
+reconciler) -> FetchAndWrite -> ``WrittenJob`` -> RecordCost -> ``JobSummary``. Any
+failure -> RecordFailure (``FailureInput``) -> ``FailureOutcome``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from aws_lambda_powertools.utilities.parser.models import S3EventNotificationEventBridgeModel
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .aws.metering import AwsUsage
 
 BatchStatus = Literal[
     "validating",
@@ -30,14 +34,24 @@ BatchStatus = Literal[
     "cancelling",
     "cancelled",
 ]
-#: The poll loop's status: a batch status, or "queued" while the Batch API's queue is full.
-PollStatus = BatchStatus | Literal["queued"]
+#: CreateBatch's status: created, or "queued" while the Batch API's queue is full.
+CreateStatus = Literal["created", "queued"]
 
 
 class Contract(BaseModel):
     """Base of every state contract: unknown keys are ignored (Step Functions may add some)."""
 
     model_config = ConfigDict(extra="ignore")
+
+
+class Metered(Contract):
+    """A contract that carries the AWS usage of the execution so far (see ``aws.metering``).
+
+    Every handler adds its own invocation (Lambda request, GB-seconds, the AWS requests
+    it made) to ``aws`` on the way out, so RecordCost can price the whole execution.
+    """
+
+    aws: AwsUsage = Field(default_factory=AwsUsage)
 
 
 class S3Location(Contract):
@@ -47,21 +61,39 @@ class S3Location(Contract):
     key: str
 
 
-class DocumentRef(Contract):
-    """The uploaded document an execution embeds."""
+class Upload(Contract):
+    """One S3 event of a group, as the pipe's input transformer keeps it (about 250 bytes).
 
+    ``event`` is the EventBridge ``detail-type``; ``sequencer`` orders events of one key
+    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/ev-events.html).
+    """
+
+    event: Literal["Object Created", "Object Deleted"] = "Object Created"
     bucket: str
-    key: str = Field(description="Object key, decoded (as EventBridge delivers it).")
+    key: str = Field(min_length=1, description="Object key, decoded (as EventBridge delivers it).")
     version_id: str | None = None
     etag: str | None = None
-    size: int = Field(ge=0, description="bytes")
+    size: int = Field(default=0, ge=0, description="bytes")
+    sequencer: str = ""
+
+    @field_validator("version_id", "etag", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        # The pipe's input template renders a field the event lacks as "".
+        return None if value in ("", "null") else value
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _empty_is_zero(cls, value: object) -> object:
+        return 0 if value in ("", None) else value
 
 
-class ChunkRequest(Contract):
-    """Input of ChunkAndEstimate: the EventBridge event and the execution's name as job id."""
+class GroupRequest(Contract):
+    """Input of ChunkAndEstimate: the group's uploads and the execution's name as job id."""
 
     job_id: str = Field(min_length=1, max_length=80)
-    event: S3EventNotificationEventBridgeModel
+    execution_arn: str | None = Field(default=None, description="$$.Execution.Id")
+    uploads: list[Upload] = Field(min_length=1)
 
 
 class CostEstimate(Contract):
@@ -74,19 +106,27 @@ class CostEstimate(Contract):
 class EmbedPlan(Contract):
     """What CheckCache left to embed, and how.
 
-    ``manifest`` holds one record per distinct content to embed (``seq`` 0..n-1, ``sha256``,
-    ``text``, ``token_count``); the rest of the job's chunks reuse stored vectors.
+    ``manifest`` holds one :class:`~batch_embedder.records.EmbedRow` per distinct content
+    to embed; the rest of the group's chunks reuse stored vectors. Rows needed by an urgent
+    document are embedded through the synchronous API, the others through the Batch API.
     """
 
-    api: Literal["batch", "sync", "none"] = Field(
-        description="batch (Batch API), sync (Embeddings API: small or urgent), none (all cached)"
+    api: Literal["batch", "sync", "sync+batch", "none"] = Field(
+        description="batch (Batch API), sync (urgent only), sync+batch, none (all cached)"
     )
     manifest: S3Location | None = None
     chunks: int = Field(ge=0, description="distinct contents to embed")
     tokens: int = Field(ge=0, description="their tokens: what is reserved and paid for")
+    sync_chunks: int = Field(default=0, ge=0, description="contents for urgent documents")
+    sync_tokens: int = Field(default=0, ge=0)
+    batch_chunks: int = Field(default=0, ge=0)
+    batch_tokens: int = Field(default=0, ge=0)
     cache_hits: int = Field(ge=0, description="chunks whose vector is already stored")
     cached_tokens: int = Field(ge=0, description="tokens not paid for thanks to the cache")
     awaited: int = Field(default=0, ge=0, description="contents another execution is embedding")
+    prefix_tokens: dict[str, int] = Field(
+        default_factory=dict, description="tokens to embed per prefix with a budget of its own"
+    )
 
 
 class SyncOutput(Contract):
@@ -98,22 +138,33 @@ class SyncOutput(Contract):
     rate_limited: int = Field(ge=0, description="429 answers that were waited out")
 
 
-class ChunkedJob(Contract):
-    """Output of ChunkAndEstimate (and, with ``embed`` set, of CheckCache): the chunk
-    manifest is in S3, counts are exact tokens."""
+class ChunkedJob(Metered):
+    """Output of ChunkAndEstimate (and, with ``embed`` set, of CheckCache).
+
+    The chunk manifest (``records.ChunkRow``) and the per-document outcomes
+    (``records.DocumentOutcome``) are in S3; counts are exact cl100k_base tokens.
+    """
 
     job_id: str
-    document: DocumentRef
+    execution_arn: str | None = None
+    bucket: str
+    source: str = Field(description="what a person reads: the key, or 'N uploads: first, ...'")
     model: str
     dimensions: int = Field(gt=0)
     manifest: S3Location
-    chunks: int = Field(ge=1)
-    tokens: int = Field(ge=1, description="cl100k_base tokens summed over all chunks")
+    outcomes: S3Location
+    uploads: int = Field(ge=1, description="S3 events in the group")
+    chunks: int = Field(ge=0)
+    tokens: int = Field(ge=0, description="cl100k_base tokens summed over all chunks")
     estimate: CostEstimate
-    documents: int = Field(default=1, ge=1, description="documents embedded (bundles: many)")
-    rejected_count: int = Field(default=0, ge=0, description="bundle documents left out")
+    documents: int = Field(default=0, ge=0, description="documents to embed")
+    rejected_count: int = Field(default=0, ge=0, description="documents left out")
     rejected: list[str] = Field(default_factory=list, description="'key: reason', first 20")
-    urgent: bool = Field(default=False, description="SYNC_PREFIXES or tag priority=urgent")
+    deletes: list[str] = Field(default_factory=list, description="keys deleted by the group")
+    urgent_documents: int = Field(default=0, ge=0, description="SYNC_PREFIXES or the tag")
+    excluded_prefixes: list[str] = Field(
+        default_factory=list, description="prefixes over their daily budget: left out"
+    )
     embed: EmbedPlan | None = None
 
 
@@ -133,9 +184,10 @@ class BudgetDecision(ChunkedJob):
 
 
 class ReservedJob(ChunkedJob):
-    """Input of BuildAndUploadJsonl: a job holding its reservation."""
+    """A group holding its reservation (input of EmbedSync and BuildAndUploadJsonl)."""
 
     reservation: Reservation
+    sync_outputs: list[SyncOutput] = Field(default_factory=list)
 
 
 class BatchFile(Contract):
@@ -155,7 +207,7 @@ class UploadedJob(ReservedJob):
 
 
 class BatchRef(Contract):
-    """One OpenAI batch and what the last poll saw of it."""
+    """One OpenAI batch and what was last seen of it."""
 
     batch_id: str
     input_file_id: str
@@ -165,35 +217,38 @@ class BatchRef(Contract):
     completed_requests: int = 0
     failed_requests: int = 0
     total_requests: int = 0
+    billed_tokens: int | None = Field(default=None, description="the batch's usage, if given")
 
 
-class PollState(Contract):
-    """The wait/poll loop: the Wait state reads ``wait_seconds``; the Choice reads ``status``.
+class BatchesOutcome(Contract):
+    """What WaitForBatches returns (sent with SendTaskSuccess by the webhook receiver or the
+    reconciler once every batch of the group is terminal)."""
 
-    ``queued``: CreateBatch could not create every batch yet (creations per hour or the
-    enqueued-token cap); it is called again after ``wait_seconds``.
-    """
-
-    status: PollStatus
-    wait_seconds: int = Field(ge=0, description="seconds the next Wait state waits")
-    polls: int = Field(ge=0)
-    fallback: bool = Field(
-        default=False, description="failed/expired: finish the rest through the sync API"
-    )
+    status: BatchStatus
+    fallback: bool = Field(default=False, description="finish the rest through the sync API")
+    batches: list[BatchRef]
+    aws: AwsUsage = Field(default_factory=AwsUsage, description="the completer's AWS usage")
 
 
 class SubmittedJob(UploadedJob):
-    """Output of CreateBatch and of each PollBatch (``batches`` is empty while queued)."""
+    """Output of CreateBatch (``batches`` is empty while queued), input of WaitForBatches."""
 
     batches: list[BatchRef] = Field(default_factory=list)
-    poll: PollState
+    create_status: CreateStatus = "created"
+    wait_seconds: int = Field(default=0, ge=0, description="queued: seconds to wait")
+    outcome: BatchesOutcome | None = None
 
 
 class WriteInput(ReservedJob):
-    """Input of FetchAndWrite: where this job's new vectors are (batches and/or sync output)."""
+    """Input of FetchAndWrite: where the group's new vectors are (batches and/or sync)."""
 
     batches: list[BatchRef] = Field(default_factory=list)
-    sync: SyncOutput | None = None
+    outcome: BatchesOutcome | None = None
+
+    @property
+    def final_batches(self) -> list[BatchRef]:
+        """The batches as their completion reported them (or as created)."""
+        return self.outcome.batches if self.outcome is not None else self.batches
 
 
 class WriteResult(Contract):
@@ -207,36 +262,63 @@ class WriteResult(Contract):
     failed_requests: int = 0
 
 
-class WrittenJob(WriteInput):
-    """Output of FetchAndWrite."""
+class WrittenJob(ChunkedJob):
+    """Output of FetchAndWrite, input of RecordCost. A group with nothing to embed (only
+    deletes, or everything cached) comes here without a reservation or a write."""
 
-    written: WriteResult
+    reservation: Reservation | None = None
+    sync_outputs: list[SyncOutput] = Field(default_factory=list)
+    batches: list[BatchRef] = Field(default_factory=list)
+    outcome: BatchesOutcome | None = None
+    written: WriteResult | None = None
+
+    @property
+    def final_batches(self) -> list[BatchRef]:
+        """The batches as their completion reported them (or as created)."""
+        return self.outcome.batches if self.outcome is not None else self.batches
+
+
+class DocumentResult(Contract):
+    """One document of the group as the execution's output lists it."""
+
+    key: str
+    status: Literal["embedded", "rejected", "over_budget", "deleted"]
+    chunks: int = 0
+    reason: str | None = None
 
 
 class JobSummary(Contract):
-    """Output of RecordCost: the execution's result as a user reads it."""
+    """Output of RecordCost: the group's result as a user reads it (USD, tokens)."""
 
     job_id: str
     bucket: str
-    key: str
+    source: str
     model: str
     dimensions: int
+    uploads: int
+    documents: int
     chunks: int
     tokens: int
     billed_tokens: int
     vectors_written: int
-    cost_usd: float
+    batches: int
+    cost_usd: float = Field(description="OpenAI")
+    aws_cost_usd: float
+    total_cost_usd: float
     standard_cost_usd: float
     saved_usd: float
+    naive_cost_usd: float
     day: str
-    documents: int = 1
     rejected_count: int = 0
     rejected: list[str] = Field(default_factory=list)
     api: str = "batch"
     cache_hits: int = 0
     tokens_saved: int = Field(default=0, description="tokens the cache did not pay for")
     cost_avoided_usd: float = 0.0
-    naive_cost_usd: float = 0.0
+    aws: AwsUsage = Field(default_factory=AwsUsage)
+    results: list[DocumentResult] = Field(
+        default_factory=list, description="per document (first 1,000)"
+    )
 
 
 class CaughtError(Contract):
@@ -248,20 +330,20 @@ class CaughtError(Contract):
     cause: str = Field(default="", alias="Cause")
 
 
-class FailureInput(Contract):
+class FailureInput(Metered):
     """Input of RecordFailure: whatever the failed state had, plus the caught error.
 
-    Reached from every ``Catch`` (``error`` set) and from the batch-status Choice when a
-    batch ended ``failed`` / ``expired`` / ``cancelled`` (``poll`` and ``batches`` set).
+    Reached from every ``Catch`` (``error`` set) and from the batch-outcome Choice when a
+    batch ended ``failed`` / ``expired`` / ``cancelled`` (``outcome`` set).
     """
 
     job_id: str
-    event: dict[str, Any] | None = None
+    uploads: list[Upload] | int | None = None
+    source: str | None = None
     model: str | None = None
-    document: DocumentRef | None = None
     batch_files: list[BatchFile] | None = None
     batches: list[BatchRef] | None = None
-    poll: PollState | None = None
+    outcome: BatchesOutcome | None = None
     error: CaughtError | None = None
 
 
@@ -283,21 +365,6 @@ class SweepResult(Contract):
     released_tokens: int = Field(ge=0)
 
 
-class DeleteRequest(Contract):
-    """Input of DeleteDocument: an "Object Deleted" event (or a delete marker)."""
-
-    job_id: str
-    event: S3EventNotificationEventBridgeModel
-
-
-class DeleteResult(Contract):
-    """Output of DeleteDocument."""
-
-    bucket: str
-    key: str
-    rows_deleted: int = Field(ge=0)
-
-
 class FailureOutcome(Contract):
     """Output of RecordFailure: the Fail state to end in, and why."""
 
@@ -307,3 +374,44 @@ class FailureOutcome(Contract):
     cause: str
     released_tokens: int = Field(ge=0)
     billed_tokens: int = Field(ge=0, description="tokens billed anyway (an expired batch's part)")
+
+
+class WaitRequest(Contract):
+    """Input of WaitForBatches: the task token and the group's batches."""
+
+    task_token: str = Field(min_length=1)
+    job: dict[str, Any]
+
+
+class WaitAck(Contract):
+    """What WaitForBatches returns (Step Functions ignores it: SendTaskSuccess's output is
+    the task's result)."""
+
+    job_id: str
+    batches: int = Field(ge=0)
+    completed_now: bool
+
+
+class ScheduledEvent(Contract):
+    """An EventBridge scheduled event (only its presence matters)."""
+
+    id: str = ""
+    time: str = ""
+
+
+class FunctionUrlRequest(Contract):
+    """A Lambda Function URL request, payload format 2.0 (the fields the receiver reads):
+    https://docs.aws.amazon.com/lambda/latest/dg/urls-invocation.html"""
+
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str = ""
+    isBase64Encoded: bool = False
+
+
+class ReconcileResult(Metered):
+    """Output of ReconcileBatches: how many open batches were checked and finished, and
+    what the run cost in AWS requests (``aws``)."""
+
+    open_batches: int = Field(ge=0)
+    finished: int = Field(ge=0)
+    completions_sent: int = Field(ge=0)

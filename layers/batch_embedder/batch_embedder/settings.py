@@ -80,19 +80,18 @@ class Settings(BaseSettings):
     batch_queue_full_wait_seconds: int = Field(default=60, ge=1)
 
     # Cache and the synchronous path
-    #: Jobs with at most this many tokens left to embed skip the Batch API (no batch wait,
-    #: standard price).
-    sync_max_tokens: int = Field(default=2_000, ge=0)
-    #: Key prefixes whose uploads always take the synchronous path (urgent), JSON list.
-    sync_prefixes: list[str] = Field(default_factory=list)
+    #: Key prefixes whose uploads are urgent (synchronous API, standard price), a comma list
+    #: (``urgent/,alerts/``); objects tagged ``priority=urgent`` are urgent too.
+    sync_prefixes: str = ""
     #: Finish a failed or expired batch's missing chunks through the synchronous API.
     sync_fallback: bool = True
     #: Seconds after which another execution's claim on content is taken over (crashed run).
     claim_stale_seconds: int = Field(default=26 * 3600, ge=60)
 
-    # Polling the batch (seconds). The wait doubles from initial to max.
-    poll_initial_wait_seconds: int = Field(default=30, ge=0)
-    poll_max_wait_seconds: int = Field(default=600, ge=0)
+    #: Grouping: the pipe's window (seconds) and largest group (uploads); recorded so the
+    #: ledger can price the SQS and Pipes requests of a group.
+    upload_batch_window_seconds: int = Field(default=60, ge=0, le=300)
+    upload_batch_size: int = Field(default=500, ge=1, le=10_000)
 
     # Where things live
     work_bucket: str = ""
@@ -105,6 +104,9 @@ class Settings(BaseSettings):
     #: Empty means OpenAI itself; the local stack points it at its emulator.
     openai_base_url: str = ""
     openai_max_retries: int = Field(default=4, ge=0)
+    #: The webhook signing secret (``whsec_...``) straight from the environment, or a secret.
+    openai_webhook_secret: SecretStr | None = None
+    openai_webhook_secret_secret_id: str = ""
     openai_timeout_seconds: float = Field(default=120.0, gt=0)
 
     # Postgres: a URL straight from the environment or a Secrets Manager secret.
@@ -149,6 +151,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"unknown model {self.embedding_model!r}: set EMBEDDING_DIMENSIONS"
             ) from None
+
+    def urgent_prefixes(self) -> list[str]:
+        """``SYNC_PREFIXES`` as a list."""
+        return [p.strip() for p in self.sync_prefixes.split(",") if p.strip()]
 
     def json_fields(self) -> list[str]:
         """``JSON_TEXT_FIELDS`` as a list."""

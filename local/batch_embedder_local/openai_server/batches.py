@@ -215,11 +215,19 @@ class BatchManager:
     """Creates, lists, cancels and runs batches. Thread-safe."""
 
     def __init__(
-        self, files: FileStore, get_config: Callable[[], EmulatorConfig], stats: Stats
+        self,
+        files: FileStore,
+        get_config: Callable[[], EmulatorConfig],
+        stats: Stats,
+        on_terminal: Callable[[str, str, int], None] | None = None,
     ) -> None:
+        """``on_terminal(batch_id, status, unix_seconds)`` is called from the batch's worker
+        thread once it reaches a terminal status (not when abandoned by reset / stop); it
+        must return quickly (the webhook sender only schedules a delivery)."""
         self._files = files
         self._get_config = get_config
         self._stats = stats
+        self._on_terminal = on_terminal
         self._lock = threading.Lock()
         self._batches: dict[str, BatchRecord] = {}
         self._order: list[str] = []
@@ -412,12 +420,27 @@ class BatchManager:
         try:
             self._run_inner(batch)
         except _Abandoned:
-            pass
+            return
         except Exception as exc:  # pragma: no cover - a bug in the emulator
             with batch.lock:
                 batch.status = "failed"
                 batch.failed_at = _now()
                 batch.errors = [_line_error("server_error", f"emulator error: {exc!r}", None)]
+        self._notify_terminal(batch)
+
+    def _notify_terminal(self, batch: BatchRecord) -> None:
+        """Report the terminal status to ``on_terminal`` (the webhook sender)."""
+        with batch.lock:
+            status = batch.status
+            at = {
+                "completed": batch.completed_at,
+                "failed": batch.failed_at,
+                "expired": batch.expired_at,
+                "cancelled": batch.cancelled_at,
+            }.get(status)
+        if self._on_terminal is None or status not in TERMINAL or batch.abandoned:
+            return
+        self._on_terminal(batch.id, status, at if at is not None else _now())
 
     def _fail(self, batch: BatchRecord, errors: list[dict[str, Any]]) -> None:
         with batch.lock:

@@ -9,6 +9,7 @@ count in cl100k_base tokens. All fields can be changed at run time through
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Literal
 
@@ -36,8 +37,14 @@ class EmulatorConfig(BaseModel):
     ``fail_next_requests_5xx`` get a 500; ``insufficient_quota`` answers every call with
     429 ``insufficient_quota``. The counters go down as they fire.
 
+    Webhooks (:mod:`.webhooks`): when ``webhook_url`` is set, every batch that reaches a
+    terminal status posts a ``batch.<status>`` event there, signed like OpenAI's (Standard
+    Webhooks: https://platform.openai.com/docs/guides/webhooks,
+    https://www.standardwebhooks.com/). The ``webhook_*`` switches inject the faults a
+    receiver must survive: drops, duplicates, delays, reordering, forged signatures, errors.
+
     A batch keeps the config it was created with (timings, outcome, patterns, shuffle);
-    the synchronous endpoint reads the current config on every request.
+    the synchronous endpoint and the webhook sender read the current config when they act.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -122,6 +129,52 @@ class EmulatorConfig(BaseModel):
     )
     insufficient_quota: bool = False
 
+    # --- batch webhooks (OpenAI webhooks / Standard Webhooks) ---------------------------------
+    webhook_url: str | None = Field(
+        default=None,
+        description="http(s) URL that batch.* events are POSTed to; None = no webhooks. Read "
+        "when a batch ends (and again before sending), not when it was created.",
+    )
+    webhook_secret: str | None = Field(
+        default=None,
+        description="Signing secret, 'whsec_<base64 key>' like OpenAI's (any other string is "
+        "used as raw UTF-8 key bytes, as the openai SDK does). None = the fixed dev secret "
+        "webhooks.DEFAULT_WEBHOOK_SECRET.",
+    )
+    webhook_drop: bool = Field(
+        default=False,
+        description="Never deliver (the event is only logged as 'dropped'): the receiver's "
+        "fallback poller / reconciler has to notice the batch finished.",
+    )
+    webhook_duplicates: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="Deliver each event this many times, all with the same webhook-id.",
+    )
+    webhook_delay_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="Wait this many seconds between the terminal status and the first delivery.",
+    )
+    webhook_reorder: bool = Field(
+        default=False,
+        description="Hold events for webhook_delay_seconds (at least 0.1 s) from the first "
+        "held one, then deliver the held events newest first.",
+    )
+    webhook_forge: bool = Field(
+        default=False,
+        description="Sign with a wrong key: a correct receiver must refuse the delivery (400).",
+    )
+    webhook_max_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=20,
+        description="Attempts per delivery; non-2xx answers and connection errors are retried "
+        "after a short backoff (0.05 s doubling, at most 1 s). OpenAI itself retries with "
+        "exponential backoff for up to 72 hours.",
+    )
+
     @field_validator("fail_custom_id_pattern")
     @classmethod
     def _valid_regex(cls, value: str | None) -> str | None:
@@ -130,6 +183,29 @@ class EmulatorConfig(BaseModel):
                 re.compile(value)
             except re.error as exc:
                 raise ValueError(f"invalid regex {value!r}: {exc}") from exc
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _valid_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.lower().startswith(("http://", "https://")):
+            raise ValueError("webhook_url must be an http:// or https:// URL")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _valid_secret(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if value.startswith("whsec_"):
+            try:
+                key = base64.b64decode(value[6:], validate=True)
+            except ValueError as exc:
+                raise ValueError(f"webhook_secret: invalid base64 after 'whsec_': {exc}") from exc
+            if not key:
+                raise ValueError("webhook_secret: empty key after 'whsec_'")
+        elif not value:
+            raise ValueError("webhook_secret must not be empty")
         return value
 
     @field_validator("remaining_override")

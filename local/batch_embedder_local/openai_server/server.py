@@ -9,7 +9,8 @@ It emulates the slice of the OpenAI API this project uses, following the contrac
 Embeddings are deterministic feature-hashing vectors (:mod:`.embeddings`), NOT OpenAI's.
 
 Admin routes (no auth, outside ``/v1``): ``GET``/``POST /_emulator/config``,
-``POST /_emulator/reset``, ``GET /_emulator/stats``, ``GET /_emulator/health``.
+``POST /_emulator/reset``, ``GET /_emulator/stats``, ``GET /_emulator/health``,
+``GET /_emulator/webhooks`` (the batch-webhook delivery log, see :mod:`.webhooks`).
 
 Built on ``http.server.ThreadingHTTPServer`` only: one thread per connection, HTTP/1.1
 keep-alive (the SDK's httpx2 pool reuses connections).
@@ -51,6 +52,7 @@ from .multipart import (
 from .ratelimit import RateLimiter, format_duration, retry_after_headers
 from .stats import Stats
 from .store import UPLOAD_PURPOSES, FileStore, StoredFile
+from .webhooks import WebhookSender
 
 __all__ = ["OpenAIEmulator", "main"]
 
@@ -107,6 +109,7 @@ class OpenAIEmulator:
         self.limiter = RateLimiter()
         self.files: FileStore | None = None
         self.batches: BatchManager | None = None
+        self.webhooks = WebhookSender(lambda: self.config)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -123,7 +126,9 @@ class OpenAIEmulator:
             root = self._data_dir_arg
             root.mkdir(parents=True, exist_ok=True)
         self.files = FileStore(root)
-        self.batches = BatchManager(self.files, lambda: self.config, self.counters)
+        self.batches = BatchManager(
+            self.files, lambda: self.config, self.counters, self.webhooks.batch_finished
+        )
         server = _Server((self.host, self._requested_port), _Handler)
         server.emulator = self
         self._server = server
@@ -142,6 +147,7 @@ class OpenAIEmulator:
             return
         if self.batches is not None:
             self.batches.clear(timeout=10.0)
+        self.webhooks.stop()
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
@@ -217,12 +223,28 @@ class OpenAIEmulator:
         """Counters, as served at ``GET /_emulator/stats`` (tokens: cl100k_base)."""
         return self.counters.snapshot(self.files.count() if self.files else 0)
 
+    @property
+    def webhook_deliveries(self) -> list[dict[str, Any]]:
+        """Copy of the webhook delivery log, oldest first: one dict per attempt, plus one per
+        dropped / unsent event (shape in :mod:`.webhooks`); ``GET /_emulator/webhooks``."""
+        return self.webhooks.deliveries
+
+    def wait_for_webhooks(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Wait until the delivery log has at least ``n`` entries; return a copy of it.
+
+        Raises:
+            TimeoutError: not enough entries after ``timeout`` seconds.
+        """
+        return self.webhooks.wait_for(n, timeout)
+
     def reset(self) -> None:
-        """Forget files, batches, counters and the rate-limit window; restore the config."""
+        """Forget files, batches, counters, webhook log / pending deliveries and the
+        rate-limit window; restore the config."""
         with self._config_lock:
             self._config = self._initial_config.model_copy(deep=True)
         if self.batches is not None:
             self.batches.clear()
+        self.webhooks.clear()
         if self.files is not None:
             self.files.clear()
         self.counters.reset()
@@ -709,6 +731,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(200, {"reset": True})
         if (method, path) == ("GET", "/_emulator/stats"):
             return self._send_json(200, emu.stats())
+        if (method, path) == ("GET", "/_emulator/webhooks"):
+            return self._send_json(200, {"object": "list", "data": emu.webhook_deliveries})
         if (method, path) == ("GET", "/_emulator/health"):
             return self._send_json(200, {"status": "ok"})
         raise APIError(404, f"Invalid URL ({method} {path})")

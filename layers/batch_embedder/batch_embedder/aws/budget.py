@@ -121,8 +121,12 @@ def reserve(
     scopes: Sequence[BudgetScope],
     day: str | None = None,
     hold_seconds: int = 26 * 3600,
+    scope_tokens: dict[str, int] | None = None,
 ) -> Reservation:
     """Reserve ``tokens`` for ``job_id`` in every scope, atomically and once.
+
+    ``scope_tokens`` gives a scope its own amount (a group's prefix holds only the tokens
+    of its documents); a scope not in it is charged ``tokens``.
 
     Concurrent callers can never together hold more than a scope's limit. Calling again
     for a job that already has a reservation returns it unchanged. A reservation still
@@ -141,11 +145,13 @@ def reserve(
     if "reservation_state" in existing:
         return _reservation(existing)
 
+    amounts = {scope.name: (scope_tokens or {}).get(scope.name, tokens) for scope in scopes}
+
     def exceeded(scope: BudgetScope) -> BudgetExceededError:
         held = get_counter(usage_table, day, scope.name)["held_tokens"]
         return BudgetExceededError(
             key=key,
-            requested_tokens=tokens,
+            requested_tokens=amounts[scope.name],
             remaining_tokens=max(0, scope.limit_tokens - held),
             limit_tokens=scope.limit_tokens,
             day=day,
@@ -153,7 +159,7 @@ def reserve(
         )
 
     for scope in scopes:
-        if tokens > scope.limit_tokens:
+        if amounts[scope.name] > scope.limit_tokens:
             raise exceeded(scope)
     now = int(time.time())
     items: list[dict[str, Any]] = [
@@ -164,7 +170,7 @@ def reserve(
                 "UpdateExpression": (
                     "SET reservation_state = :held, reserved_tokens = :t, reservation_day = :day, "
                     "source_key = :key, created_at = :now, budget_scopes = :scopes, "
-                    "held_shard = :held, held_until = :until"
+                    "scope_tokens = :amounts, held_shard = :held, held_until = :until"
                 ),
                 "ConditionExpression": "attribute_not_exists(reservation_state)",
                 "ExpressionAttributeValues": {
@@ -174,6 +180,7 @@ def reserve(
                     ":key": key,
                     ":now": now,
                     ":scopes": [s.name for s in scopes],
+                    ":amounts": amounts,
                     ":until": now + hold_seconds,
                 },
             }
@@ -193,9 +200,9 @@ def reserve(
                         "attribute_not_exists(held_tokens) OR held_tokens <= :max_before"
                     ),
                     "ExpressionAttributeValues": {
-                        ":t": tokens,
+                        ":t": amounts[scope.name],
                         ":limit": scope.limit_tokens,
-                        ":max_before": scope.limit_tokens - tokens,
+                        ":max_before": scope.limit_tokens - amounts[scope.name],
                         ":exp": _expires_at(day),
                     },
                 }
@@ -244,6 +251,7 @@ def settle(
     reserved = 0 if late_commit else int(item["reserved_tokens"])
     day = str(item["reservation_day"])
     scopes = [str(s) for s in item.get("budget_scopes", [])]
+    amounts = {str(k): int(v) for k, v in (item.get("scope_tokens") or {}).items()}
     items: list[dict[str, Any]] = [
         {
             "Update": {
@@ -264,6 +272,11 @@ def settle(
         }
     ]
     for scope in scopes:
+        # A scope that held a share of the reservation commits the same share of the bill.
+        held = reserved if late_commit else amounts.get(scope, reserved)
+        share = billed_tokens
+        if held != reserved:
+            share = round(billed_tokens * held / reserved) if reserved else 0
         items.append(
             {
                 "Update": {
@@ -273,9 +286,9 @@ def settle(
                         "ADD held_tokens :delta, reserved_tokens :minus_r, committed_tokens :b"
                     ),
                     "ExpressionAttributeValues": {
-                        ":delta": billed_tokens - reserved,
-                        ":minus_r": -reserved,
-                        ":b": billed_tokens,
+                        ":delta": share - held,
+                        ":minus_r": -held,
+                        ":b": share,
                     },
                 }
             }

@@ -1,4 +1,7 @@
-"""boto3 clients, created once per process (Lambda reuses them across invocations)."""
+"""boto3 clients, created once per process (Lambda reuses them across invocations).
+
+Every client is instrumented for the AWS cost ledger (see :mod:`.metering`).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +11,28 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from .metering import instrument
+
 #: Standard retry mode with more attempts: throttling on DynamoDB/S3 is retried by botocore.
 _CONFIG = Config(retries={"max_attempts": 8, "mode": "standard"})
 
 
 @functools.cache
 def client(service: str) -> Any:
-    """A boto3 client for ``service`` with the project's retry configuration."""
-    return boto3.client(service, config=_CONFIG)  # type: ignore[call-overload]
+    """A boto3 client for ``service`` with the project's retry configuration, metered."""
+    return instrument(boto3.client(service, config=_CONFIG))  # type: ignore[call-overload]
+
+
+@functools.cache
+def secrets_provider() -> Any:
+    """A Powertools ``SecretsProvider`` on the metered ``secretsmanager`` client (its
+    ``get(name, max_age=...)`` caches like ``parameters.get_secret``)."""
+    from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+    return SecretsProvider(boto3_client=client("secretsmanager"))
 
 
 def reset() -> None:
     """Forget cached clients (the local stack calls this when it starts a new mock)."""
     client.cache_clear()
+    secrets_provider.cache_clear()

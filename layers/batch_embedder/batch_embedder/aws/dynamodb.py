@@ -9,12 +9,14 @@ from typing import Any
 import boto3
 
 from .clients import _CONFIG
+from .metering import instrument
 
 
 @functools.cache
 def ddb() -> Any:
-    """The low-level DynamoDB client of a boto3 resource (native Python types in and out)."""
-    return boto3.resource("dynamodb", config=_CONFIG).meta.client
+    """The low-level DynamoDB client of a boto3 resource (native Python types in and out),
+    metered for the AWS cost ledger."""
+    return instrument(boto3.resource("dynamodb", config=_CONFIG).meta.client)
 
 
 def reset() -> None:

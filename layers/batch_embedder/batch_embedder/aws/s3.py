@@ -42,6 +42,39 @@ def read_document(
     return body, etag.strip('"') if etag else None
 
 
+def read_upload(
+    bucket: str, key: str, version_id: str | None, *, size: int, max_bytes: int
+) -> tuple[bytes, str | None]:
+    """Read an upload whose size the S3 event already gave: one GET, no HEAD.
+
+    Returns:
+        ``(body bytes, ETag without quotes)``.
+
+    Raises:
+        InvalidDocumentError: the object is over ``max_bytes`` (refused before any
+            request) or no longer exists.
+    """
+    if size > max_bytes:
+        raise InvalidDocumentError(
+            key, f"the file is {size} bytes, over the {max_bytes}-byte limit (MAX_DOCUMENT_BYTES)"
+        )
+    extra: dict[str, Any] = {"VersionId": version_id} if version_id else {}
+    try:
+        obj = client("s3").get_object(Bucket=bucket, Key=key, **extra)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in {"404", "NoSuchKey", "NoSuchVersion"}:
+            raise InvalidDocumentError(key, "the object no longer exists in S3") from exc
+        raise
+    body: bytes = obj["Body"].read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise InvalidDocumentError(
+            key, f"the file is over the {max_bytes}-byte limit (MAX_DOCUMENT_BYTES)"
+        )
+    etag = obj.get("ETag")
+    return body, etag.strip('"') if etag else None
+
+
 def write_jsonl(bucket: str, key: str, records: Iterable[dict[str, Any]]) -> int:
     """Write ``records`` as JSON Lines to ``s3://bucket/key``.
 

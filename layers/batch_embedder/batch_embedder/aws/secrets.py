@@ -7,18 +7,18 @@ with a message that says how to set it. Values are never logged.
 
 from __future__ import annotations
 
-from aws_lambda_powertools.utilities import parameters
 from pydantic import SecretStr
 
 from ..errors import ConfigurationError
 from ..settings import Settings
+from .clients import secrets_provider
 
 #: The value template.yaml creates the secrets with, until the user puts the real one.
 PLACEHOLDER = "REPLACE_ME"
 
 
 def _from_secret(secret_id: str, max_age: int, what: str) -> str:
-    value = parameters.get_secret(secret_id, max_age=max_age)
+    value = secrets_provider().get(secret_id, max_age=max_age)
     if not isinstance(value, str) or not value.strip() or value.strip() == PLACEHOLDER:
         raise ConfigurationError(
             f"secret {secret_id} ({what}) has not been set: "
@@ -62,4 +62,21 @@ def database_url(settings: Settings) -> str:
         settings.secret_max_age_seconds,
         "DATABASE_URL",
         "DATABASE_URL",
+    )
+
+
+def webhook_secret(settings: Settings) -> str:
+    """The OpenAI webhook signing secret (``whsec_...``): ``OPENAI_WEBHOOK_SECRET`` or the
+    secret ``OPENAI_WEBHOOK_SECRET_SECRET_ID``. It is shown once when the endpoint is
+    created (https://platform.openai.com/docs/guides/webhooks).
+
+    Raises:
+        ConfigurationError: neither is set, or the secret holds the placeholder.
+    """
+    return _resolve(
+        settings.openai_webhook_secret,
+        settings.openai_webhook_secret_secret_id,
+        settings.secret_max_age_seconds,
+        "OpenAI webhook secret",
+        "OPENAI_WEBHOOK_SECRET",
     )

@@ -20,6 +20,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from ..records import ChunkRow
 from .schema import SCHEMA, ensure_vector_index, uses_halfvec, vector_type
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -30,9 +31,8 @@ class ChunkWriter:
 
     Use as a context manager; leaving it by an exception rolls everything back::
 
-        with ChunkWriter(conn, bucket=b, lock_key=k, job_id=j, model=m, dimensions=d) as w:
-            w.copy_chunks(rows)      # (seq, source_key, source_version, chunk_index, text,
-                                     #  sha256, token_count, char_start, char_end)
+        with ChunkWriter(conn, bucket=b, lock_keys=ks, job_id=j, model=m, dimensions=d) as w:
+            w.copy_chunks(rows)      # records.ChunkRow
             w.copy_vectors(pairs)    # (sha256, float32 array of `dimensions`)
             w.fill_from_cache()      # vectors of content already stored
             if w.missing(): raise ...
@@ -47,14 +47,14 @@ class ChunkWriter:
         conn: Conn,
         *,
         bucket: str,
-        lock_key: str,
+        lock_keys: list[str],
         job_id: str,
         model: str,
         dimensions: int,
     ) -> None:
         self.conn = conn
         self.bucket = bucket
-        self.lock_key = lock_key
+        self.lock_keys = sorted(set(lock_keys))
         self.job_id = job_id
         self.model = model
         self.dimensions = dimensions
@@ -72,10 +72,12 @@ class ChunkWriter:
     def __enter__(self) -> ChunkWriter:
         ensure_vector_index(self.conn, self.model, self.dimensions)
         self._stack.enter_context(self.conn.transaction())
-        # Writers of the same upload queue up; other uploads proceed in parallel.
+        # Writers of the same document queue up (locks taken in key order: no deadlock);
+        # other documents proceed in parallel.
         self.conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-            (f"{self.bucket}/{self.lock_key}",),
+            "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) "
+            "FROM unnest(%s::text[]) WITH ORDINALITY AS t(k, n) ORDER BY n",
+            ([f"{self.bucket}/{k}" for k in self.lock_keys],),
         )
         self.conn.execute(
             "CREATE TEMP TABLE _chunks (seq int PRIMARY KEY, source_key text, "
@@ -95,11 +97,8 @@ class ChunkWriter:
     ) -> None:
         self._stack.__exit__(exc_type, exc, tb)
 
-    def copy_chunks(
-        self, rows: Iterable[tuple[int, str, str | None, int, str, str, int, int, int]]
-    ) -> int:
-        """COPY ``(seq, source_key, source_version, chunk_index, text, sha256, token_count,
-        char_start, char_end)`` rows.
+    def copy_chunks(self, rows: Iterable[ChunkRow]) -> int:
+        """COPY the group's chunk rows into the staging table.
 
         Returns:
             Rows copied.
@@ -110,8 +109,11 @@ class ChunkWriter:
             "token_count, char_start, char_end) FROM STDIN (FORMAT BINARY)"
         ) as copy:
             copy.set_types(["int4", "text", "text", "int4", "text", "text", "int4", "int4", "int4"])
-            for row in rows:
-                copy.write_row(row)
+            for r in rows:
+                copy.write_row(
+                    (r.seq, r.source_key, r.source_version, r.chunk_index, r.text, r.sha256,
+                     r.token_count, r.char_start, r.char_end)
+                )  # fmt: skip
                 n += 1
         return n
 

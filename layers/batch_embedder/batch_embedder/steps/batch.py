@@ -1,4 +1,8 @@
-"""BuildAndUploadJsonl, CreateBatch and PollBatch: the OpenAI Batch side of the workflow."""
+"""BuildAndUploadJsonl and CreateBatch: the OpenAI Batch side of the workflow.
+
+Waiting for the batches is not here: see ``steps.complete`` (task token, webhook,
+reconciler).
+"""
 
 from __future__ import annotations
 
@@ -12,19 +16,13 @@ from aws_lambda_powertools.metrics import MetricUnit
 from openai.types import Batch
 
 from ..aws import jobs, s3
+from ..aws.registry import BatchRegistry
 from ..aws.token_bucket import BatchQueueLimits
 from ..batch_files import ENDPOINT, BatchLimits, write_batch_files
 from ..metrics import emit
-from ..models import (
-    BatchFile,
-    BatchRef,
-    BatchStatus,
-    PollState,
-    ReservedJob,
-    SubmittedJob,
-    UploadedJob,
-)
+from ..models import BatchFile, BatchRef, BatchStatus, ReservedJob, SubmittedJob, UploadedJob
 from ..openai_client import get_client, raise_if_quota_exhausted
+from ..records import EmbedRow
 from ..settings import Settings, request_dimensions
 
 logger = Logger(child=True)
@@ -40,7 +38,9 @@ def build_and_upload_jsonl(
 ) -> UploadedJob:
     """Pack what is left to embed into ``/v1/embeddings`` request lines and upload the files.
 
-    The rows come from CheckCache's embed manifest (distinct contents not yet stored).
+    The rows come from CheckCache's embed manifest (distinct contents not yet stored),
+    less those of urgent documents (already embedded synchronously) and those only needed
+    by documents of prefixes over budget.
 
     Files are written to a temporary directory (Lambda: ``/tmp``) and uploaded with
     ``purpose="batch"``.
@@ -50,11 +50,14 @@ def build_and_upload_jsonl(
     """
     client = get_client(settings)
     uploaded: list[BatchFile] = []
-    source = job.embed.manifest if job.embed is not None and job.embed.manifest else job.manifest
+    assert job.embed is not None and job.embed.manifest is not None, "CheckCache runs first"
+    source = job.embed.manifest
+    excluded = set(job.excluded_prefixes)
     with tempfile.TemporaryDirectory(prefix="batch-embedder-") as tmp:
         rows = (
-            (int(r["seq"]), str(r["text"]), int(r["token_count"]))
-            for r in s3.iter_jsonl(source.bucket, source.key)
+            (r.seq, r.text, r.token_count)
+            for r in (EmbedRow.model_validate(x) for x in s3.iter_jsonl(source.bucket, source.key))
+            if not r.urgent and r.needed(excluded)
         )
         planned = write_batch_files(
             rows,
@@ -142,7 +145,8 @@ def create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
     client = get_client(settings)
     queue = batch_queue(settings, job.model)
     refs: list[BatchRef] = []
-    source = f"s3://{job.document.bucket}/{job.document.key}"
+    source = f"s3://{job.bucket}/{job.source}"
+    registry = BatchRegistry(settings.jobs_table)
     for f in job.batch_files:
         recorded = jobs.recorded_batch(settings.jobs_table, job.job_id, f.file_id)
         if recorded and recorded != jobs.CREATING:
@@ -158,9 +162,7 @@ def create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
                 emit("throttled_waits", 1, MetricUnit.Count)
                 logger.info("batch queue full", extra={"wait_seconds": wait, "tokens": f.tokens})
                 return SubmittedJob(
-                    **job.model_dump(),
-                    batches=refs,
-                    poll=PollState(status="queued", wait_seconds=wait, polls=0),
+                    **job.model_dump(), batches=refs, create_status="queued", wait_seconds=wait
                 )
             if recorded is None and not jobs.claim_batch(
                 settings.jobs_table, job.job_id, f.file_id
@@ -183,16 +185,12 @@ def create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
                 raise
             emit("batches_created", 1, MetricUnit.Count)
         jobs.record_batch(settings.jobs_table, job.job_id, f.file_id, batch.id)
-        refs.append(BatchRef(batch_id=batch.id, input_file_id=f.file_id, status=batch.status))
+        ref = BatchRef(batch_id=batch.id, input_file_id=f.file_id, status=batch.status)
+        registry.register(job.job_id, job.model, ref)
+        refs.append(ref)
     logger.info("batches created", extra={"batches": [r.batch_id for r in refs]})
     emit("enqueued_tokens", queue.state().enqueued_tokens, MetricUnit.Count)
-    return SubmittedJob(
-        **job.model_dump(),
-        batches=refs,
-        poll=PollState(
-            status="validating", wait_seconds=settings.poll_initial_wait_seconds, polls=0
-        ),
-    )
+    return SubmittedJob(**job.model_dump(), batches=refs, create_status="created")
 
 
 def overall_status(statuses: list[str]) -> BatchStatus:
@@ -225,32 +223,3 @@ def to_ref(batch: Batch) -> BatchRef:
         failed_requests=counts.failed if counts else 0,
         total_requests=counts.total if counts else 0,
     )
-
-
-def poll_batches(job: SubmittedJob, settings: Settings) -> SubmittedJob:
-    """Retrieve every batch of the job; set the overall status and the next wait.
-
-    The wait doubles from ``POLL_INITIAL_WAIT_SECONDS`` up to ``POLL_MAX_WAIT_SECONDS``.
-    """
-    client = get_client(settings)
-    refs = [to_ref(client.batches.retrieve(b.batch_id)) for b in job.batches]
-    finished = [r.input_file_id for r in refs if r.status in TERMINAL]
-    if finished:  # a finished batch no longer counts against the enqueued-token cap
-        release_queue(settings, job.job_id, job.model, finished)
-    in_flight = sum(1 for r in refs if r.status not in TERMINAL)
-    emit("batches_in_flight", in_flight, MetricUnit.Count)
-    status = overall_status([r.status for r in refs])
-    fallback = settings.sync_fallback and status in ("failed", "expired")
-    wait = min(
-        settings.poll_max_wait_seconds,
-        max(settings.poll_initial_wait_seconds, job.poll.wait_seconds * 2),
-    )
-    logger.info("polled", extra={"status": status, "next_wait_seconds": wait})
-    data = job.model_dump()
-    data.update(
-        batches=refs,
-        poll=PollState(
-            status=status, wait_seconds=wait, polls=job.poll.polls + 1, fallback=fallback
-        ),
-    )
-    return SubmittedJob(**data)

@@ -8,10 +8,11 @@ from __future__ import annotations
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
-from ..aws import budget
+from ..aws import budget, s3
 from ..errors import BudgetExceededError
 from ..metrics import emit
-from ..models import BudgetDecision, ChunkedJob, SweepResult
+from ..models import BudgetDecision, ChunkedJob, ScheduledEvent, SweepResult
+from ..records import EmbedRow
 from ..settings import Settings
 
 logger = Logger(child=True)
@@ -21,13 +22,43 @@ logger = Logger(child=True)
 WARN_AT = (0.8, 0.9)
 
 
-def scopes_for(settings: Settings, model: str, key: str) -> list[budget.BudgetScope]:
-    """The counters a job is charged to: its model, and each configured prefix of its key."""
-    scopes = [budget.model_scope(model, settings.daily_token_limit)]
-    for prefix, limit in sorted(settings.prefix_token_limits.items()):
-        if key.startswith(prefix):
-            scopes.append(budget.prefix_scope(prefix, limit))
-    return scopes
+def _remaining(settings: Settings, day: str, prefix: str) -> int:
+    held = budget.get_counter(settings.usage_table, day, f"prefix:{prefix}")["held_tokens"]
+    return max(0, settings.prefix_token_limits[prefix] - held)
+
+
+def _without(job: ChunkedJob, excluded: set[str]) -> ChunkedJob:
+    """The group with the documents of ``excluded`` prefixes left out of the plan."""
+    plan = job.embed
+    if plan is None or plan.manifest is None:
+        return job.model_copy(update={"excluded_prefixes": sorted(excluded)})
+    rows = [
+        r
+        for r in (EmbedRow.model_validate(x) for x in s3.iter_jsonl(plan.manifest.bucket,
+                                                                    plan.manifest.key))
+        if r.needed(excluded)
+    ]  # fmt: skip
+    sync_rows = [r for r in rows if r.urgent]
+    batch_rows = [r for r in rows if not r.urgent]
+    api = "none"
+    if sync_rows and batch_rows:
+        api = "sync+batch"
+    elif rows:
+        api = "sync" if sync_rows else "batch"
+    tokens = sum(r.token_count for r in rows)
+    new_plan = plan.model_copy(
+        update={
+            "api": api,
+            "chunks": len(rows),
+            "tokens": tokens,
+            "sync_chunks": len(sync_rows),
+            "sync_tokens": sum(r.token_count for r in sync_rows),
+            "batch_chunks": len(batch_rows),
+            "batch_tokens": sum(r.token_count for r in batch_rows),
+            "prefix_tokens": {p: t for p, t in plan.prefix_tokens.items() if p not in excluded},
+        }
+    )
+    return job.model_copy(update={"embed": new_plan, "excluded_prefixes": sorted(excluded)})
 
 
 def _warn(settings: Settings, scopes: list[budget.BudgetScope], tokens: int, day: str) -> None:
@@ -50,47 +81,70 @@ def _warn(settings: Settings, scopes: list[budget.BudgetScope], tokens: int, day
 
 
 def reserve_budget(job: ChunkedJob, settings: Settings) -> BudgetDecision:
-    """Reserve the tokens the job will pay for in every scope of the job (idempotent per job).
+    """Reserve the tokens the group will pay for (idempotent per group).
 
-    That is ``job.embed.tokens`` once CheckCache ran (cached content costs nothing), else
-    ``job.tokens``.
+    That is ``job.embed.tokens`` (cached content costs nothing) against the model's daily
+    counter, and each budget prefix's share against that prefix's counter, in one
+    DynamoDB transaction. A prefix without room for its share is left out: its documents
+    are reported ``over_budget`` and the rest of the group goes on.
 
     Returns:
-        The job with its reservation; with ``BUDGET_EXCEEDED_ACTION=wait`` and no room
-        today, no reservation and ``budget_wait_seconds`` until the next UTC day.
+        The group with its reservation (and ``excluded_prefixes``); with
+        ``BUDGET_EXCEEDED_ACTION=wait`` and no room today for the model, no reservation and
+        ``budget_wait_seconds`` until the next UTC day.
 
     Raises:
-        BudgetExceededError: the tokens do not fit (and the action is ``fail``, or the job
-            is larger than a whole day's limit); the message says how many tokens were
-            asked for and how many remain. Nothing is reserved then.
+        BudgetExceededError: the model's counter has no room (action ``fail``, or the group
+            is larger than a whole day's limit); nothing is reserved then.
     """
-    scopes = scopes_for(settings, job.model, job.document.key)
-    tokens = job.embed.tokens if job.embed is not None else job.tokens  # cache hits are free
-    try:
-        reservation = budget.reserve(
-            jobs_table=settings.jobs_table,
-            usage_table=settings.usage_table,
-            job_id=job.job_id,
-            key=job.document.key,
-            tokens=tokens,
-            scopes=scopes,
-            hold_seconds=settings.reservation_hold_seconds,
-        )
-    except BudgetExceededError as exc:
-        if settings.budget_exceeded_action == "wait" and tokens <= exc.limit_tokens:
-            wait = budget.seconds_to_next_day()
-            logger.warning(
-                "over budget: waiting for the next UTC day", extra={"wait_seconds": wait}
+    day = budget.utc_day()
+    excluded = {
+        p
+        for p, tokens in (job.embed.prefix_tokens if job.embed else {}).items()
+        if tokens > _remaining(settings, day, p)
+    }
+    for _ in range(len(settings.prefix_token_limits) + 1):
+        if excluded:
+            job = _without(job, excluded)
+        tokens = job.embed.tokens if job.embed is not None else job.tokens
+        shares = job.embed.prefix_tokens if job.embed is not None else {}
+        scopes = [budget.model_scope(job.model, settings.daily_token_limit)] + [
+            budget.prefix_scope(p, settings.prefix_token_limits[p]) for p in sorted(shares)
+        ]
+        try:
+            reservation = budget.reserve(
+                jobs_table=settings.jobs_table,
+                usage_table=settings.usage_table,
+                job_id=job.job_id,
+                key=job.source,
+                tokens=tokens,
+                scopes=scopes,
+                hold_seconds=settings.reservation_hold_seconds,
+                scope_tokens={f"prefix:{p}": t for p, t in shares.items()},
+                day=day,
             )
-            emit("budget_waits", 1, MetricUnit.Count)
-            return BudgetDecision(**job.model_dump(), budget_wait_seconds=wait)
-        raise
-    _warn(settings, scopes, reservation.tokens, reservation.day)
-    logger.info("reserved", extra={"tokens": reservation.tokens, "day": reservation.day})
-    return BudgetDecision(**job.model_dump(), reservation=reservation)
+        except BudgetExceededError as exc:
+            if exc.scope.startswith("prefix:"):  # lost a race for a prefix: leave it out
+                excluded.add(exc.scope.removeprefix("prefix:"))
+                continue
+            if settings.budget_exceeded_action == "wait" and tokens <= exc.limit_tokens:
+                wait = budget.seconds_to_next_day()
+                logger.warning(
+                    "over budget: waiting for the next UTC day", extra={"wait_seconds": wait}
+                )
+                emit("budget_waits", 1, MetricUnit.Count)
+                return BudgetDecision(**job.model_dump(), budget_wait_seconds=wait)
+            raise
+        if excluded:
+            logger.warning("prefixes over their daily budget", extra={"prefixes": excluded})
+            emit("prefixes_over_budget", len(excluded), MetricUnit.Count)
+        _warn(settings, scopes, reservation.tokens, reservation.day)
+        logger.info("reserved", extra={"tokens": reservation.tokens, "day": reservation.day})
+        return BudgetDecision(**job.model_dump(), reservation=reservation)
+    raise RuntimeError("budget prefixes kept changing while reserving")  # pragma: no cover
 
 
-def sweep_reservations(settings: Settings) -> SweepResult:
+def sweep_reservations(_event: ScheduledEvent, settings: Settings) -> SweepResult:
     """Release reservations held past ``RESERVATION_HOLD_SECONDS`` (crashed executions)."""
     released = budget.sweep_expired(
         jobs_table=settings.jobs_table, usage_table=settings.usage_table

@@ -1,13 +1,16 @@
 """CheckCache: leave out every chunk whose vector is already stored or being made.
 
-Dedup holds within one file (repeated text is embedded once), across files and
-executions (the ``chunks`` table is the cache), across executions running at the same time
-(claims), and across batch boundaries (the plan is made before any batch exists). The key
-is (sha256 of the normalised text, model, dimensions), so a model or dimension change never
-reuses another model's vector.
+Dedup holds within one group (repeated text is embedded once, across all its documents),
+across groups and executions (the ``chunks`` table is the cache), across executions
+running at the same time (claims), and across batch boundaries (the plan is made before
+any batch exists). The key is (sha256 of the normalised text, model, dimensions), so a
+model or dimension change never reuses another model's vector.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
@@ -17,66 +20,84 @@ from ..db import cache
 from ..db.connection import connect_settings
 from ..metrics import emit
 from ..models import ChunkedJob, EmbedPlan, S3Location
+from ..records import ChunkRow, EmbedRow
 from ..settings import Settings
+from .chunk import job_key
 
 logger = Logger(child=True)
 
 
-def embed_manifest_key(job_id: str) -> str:
-    """Work-bucket key of the distinct contents a job embeds."""
-    return f"jobs/{job_id}/embed.jsonl"
+@dataclass
+class _Content:
+    text: str
+    tokens: int
+    urgent: bool = False
+    prefixes: set[str] = field(default_factory=set)
 
 
 def check_cache(job: ChunkedJob, settings: Settings) -> ChunkedJob:
     """Plan what to embed: distinct contents that are neither stored nor being embedded.
 
-    Writes ``jobs/<job id>/embed.jsonl`` (``{"seq", "sha256", "text", "token_count"}``) and
-    chooses the API: ``none`` when nothing is left, ``sync`` for urgent jobs or at most
-    ``SYNC_MAX_TOKENS`` tokens, else ``batch``.
+    Writes ``jobs/<job>/embed.jsonl`` (:class:`EmbedRow`) and picks the API per content:
+    the synchronous API for contents an urgent document needs, the Batch API for the rest
+    (``sync+batch`` when both). ``none`` when nothing is left.
 
     Returns:
-        The job with ``embed`` set: only ``embed.tokens`` are reserved and paid for.
+        The group with ``embed`` set: only ``embed.tokens`` are reserved and paid for.
     """
-    first: dict[str, tuple[str, int]] = {}
-    per_chunk: list[tuple[str, int]] = []
-    for r in s3.iter_jsonl(job.manifest.bucket, job.manifest.key):
-        sha, tokens = str(r["sha256"]), int(r["token_count"])
-        per_chunk.append((sha, tokens))
-        first.setdefault(sha, (str(r["text"]), tokens))
+    contents: dict[str, _Content] = {}
+    per_chunk: list[str] = []
+    for raw in s3.iter_jsonl(job.manifest.bucket, job.manifest.key):
+        row = ChunkRow.model_validate(raw)
+        per_chunk.append(row.sha256)
+        content = contents.setdefault(row.sha256, _Content(row.text, row.token_count))
+        content.urgent = content.urgent or row.urgent
+        content.prefixes.add(row.prefix)
     with connect_settings(settings) as conn:
         view = cache.plan(
             conn,
-            first,
+            contents,
             model=job.model,
             dimensions=job.dimensions,
             job_id=job.job_id,
             stale_after_seconds=settings.claim_stale_seconds,
         )
-    to_embed = [sha for sha in first if sha in view.claimed_by_me]
-    tokens = sum(first[sha][1] for sha in to_embed)
+    rows = [
+        EmbedRow(seq=i, sha256=sha, text=contents[sha].text, token_count=contents[sha].tokens,
+                 urgent=contents[sha].urgent, prefixes=sorted(contents[sha].prefixes))
+        for i, sha in enumerate(sha for sha in contents if sha in view.claimed_by_me)
+    ]  # fmt: skip
     location: S3Location | None = None
-    if to_embed:
-        location = S3Location(bucket=settings.work_bucket, key=embed_manifest_key(job.job_id))
-        s3.write_jsonl(
-            location.bucket,
-            location.key,
-            (
-                {"seq": i, "sha256": sha, "text": first[sha][0], "token_count": first[sha][1]}
-                for i, sha in enumerate(to_embed)
-            ),
-        )
-    hits = sum(1 for sha, _ in per_chunk if sha in view.cached)
-    api = "none" if not to_embed else (
-        "sync" if job.urgent or tokens <= settings.sync_max_tokens else "batch"
-    )  # fmt: skip
+    if rows:
+        location = S3Location(bucket=settings.work_bucket, key=job_key(job.job_id, "embed.jsonl"))
+        s3.write_jsonl(location.bucket, location.key, (r.model_dump() for r in rows))
+    sync_rows = [r for r in rows if r.urgent]
+    batch_rows = [r for r in rows if not r.urgent]
+    prefix_tokens: dict[str, int] = {}
+    for r in rows:
+        for p in r.prefixes:
+            if p:
+                prefix_tokens[p] = prefix_tokens.get(p, 0) + r.token_count
+    api: Literal["batch", "sync", "sync+batch", "none"] = "none"
+    if sync_rows and batch_rows:
+        api = "sync+batch"
+    elif rows:
+        api = "sync" if sync_rows else "batch"
+    tokens = sum(r.token_count for r in rows)
+    hits = sum(1 for sha in per_chunk if sha in view.cached)
     plan = EmbedPlan(
         api=api,
         manifest=location,
-        chunks=len(to_embed),
+        chunks=len(rows),
         tokens=tokens,
+        sync_chunks=len(sync_rows),
+        sync_tokens=sum(r.token_count for r in sync_rows),
+        batch_chunks=len(batch_rows),
+        batch_tokens=sum(r.token_count for r in batch_rows),
         cache_hits=hits,
         cached_tokens=job.tokens - tokens,
-        awaited=sum(1 for sha, _ in per_chunk if sha in view.awaited),
+        awaited=sum(1 for sha in per_chunk if sha in view.awaited),
+        prefix_tokens=prefix_tokens,
     )
     emit("cache_hits", hits, MetricUnit.Count)
     emit("tokens_saved", plan.cached_tokens, MetricUnit.Count)

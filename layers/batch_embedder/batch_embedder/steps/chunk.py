@@ -1,17 +1,17 @@
-"""ChunkAndEstimate: read the upload, extract text, chunk by tokens, estimate cost.
+"""ChunkAndEstimate: read a group's uploads, extract text, chunk by tokens, estimate cost.
 
-An upload is one of:
+A group is the list of S3 events the pipe collected in one window. For each key only the
+newest event counts (highest ``sequencer``): a delete, or an upload that is one of
 
 - a document (``.txt``, ``.md``, ``.html``, ...): one document;
 - a bundle (``*.bundle.jsonl``): one document per line, ``{"id": ..., "text": ...}`` (the
   text from ``JSON_TEXT_FIELDS``), stored under the key ``<bundle key>#<id>``;
 - a prefix manifest (``*.manifest.json``): ``{"prefix": "bulk/2026-11/"}``, one document
-  per object under that prefix of the same bucket (put them under a prefix the EventBridge
-  rule ignores, ``BulkPrefix``, so they do not start executions of their own).
+  per object under that prefix of the same bucket.
 
-Bundles and manifests turn thousands of small files into one job, hence a handful of
-batches (see ``docs/bulk-loads.md``). A bad document inside them is left out and
-reported; a bad single document fails the execution.
+A bad document is left out and reported by name and reason (``documents.jsonl`` and the
+execution's output); it never fails the rest of the group. A group with nothing to embed
+and nothing to delete fails with InvalidDocument, naming every file and its reason.
 """
 
 from __future__ import annotations
@@ -19,18 +19,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass, field
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from .. import pricing
-from ..aws import s3
+from ..aws import metering, s3
 from ..chunking import chunk_text
 from ..documents import decode_document, decode_text, normalize_text
 from ..errors import InvalidDocumentError
 from ..metrics import emit
-from ..models import ChunkedJob, ChunkRequest, CostEstimate, DocumentRef, S3Location
+from ..models import ChunkedJob, CostEstimate, GroupRequest, S3Location, Upload
+from ..records import ChunkRow, DocumentOutcome
 from ..settings import Settings
 from ..tokenizer import get_encoding
 
@@ -38,34 +39,57 @@ logger = Logger(child=True)
 
 BUNDLE_SUFFIX = ".bundle.jsonl"
 MANIFEST_SUFFIX = ".manifest.json"
-#: Objects a prefix manifest reads at once.
+#: Objects read at once (uploads of a group, objects of a prefix manifest).
 READ_CONCURRENCY = 16
-#: Rejection reasons kept in the job (all are counted).
+#: Rejection reasons kept in the state payload (all are in documents.jsonl).
 MAX_REJECTED_SHOWN = 20
-
-#: (document key, version, text)
-Doc = tuple[str, str | None, str]
+URGENT_TAG = ("priority", "urgent")
 
 
-def manifest_key(job_id: str) -> str:
-    """Work-bucket key of a job's chunk manifest."""
-    return f"jobs/{job_id}/chunks.jsonl"
+@dataclass(frozen=True)
+class Doc:
+    """One document's text, ready to chunk."""
+
+    key: str
+    version: str | None
+    text: str
+    urgent: bool
 
 
-class _Rejections:
-    def __init__(self) -> None:
-        self.count = 0
-        self.shown: list[str] = []
+@dataclass
+class _Outcomes:
+    rows: list[DocumentOutcome] = field(default_factory=list)
 
-    def add(self, key: str, reason: str) -> None:
-        self.count += 1
-        if len(self.shown) < MAX_REJECTED_SHOWN:
-            self.shown.append(f"{key}: {reason}")
+    def reject(self, key: str, reason: str) -> None:
+        self.rows.append(DocumentOutcome(key=key, status="rejected", reason=reason))
+
+    @property
+    def rejected(self) -> list[DocumentOutcome]:
+        return [r for r in self.rows if r.status == "rejected"]
 
 
-def _bundle_docs(
-    key: str, data: bytes, version: str | None, settings: Settings, rejected: _Rejections
-) -> Iterator[Doc]:
+def job_key(job_id: str, name: str) -> str:
+    """Work-bucket key of one of a group's files (``chunks.jsonl``, ``embed.jsonl``, ...)."""
+    return f"jobs/{job_id}/{name}"
+
+
+def latest_events(uploads: list[Upload]) -> list[Upload]:
+    """The newest event of each key, by S3 ``sequencer`` (later in the list on a tie).
+
+    Sequencers of one key compare as hexadecimal strings of equal length after padding
+    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-content-structure.html).
+    """
+    newest: dict[str, tuple[str, int, Upload]] = {}
+    for position, upload in enumerate(uploads):
+        order = (upload.sequencer.rjust(32, "0"), position)
+        current = newest.get(upload.key)
+        if current is None or order > current[:2]:
+            newest[upload.key] = (*order, upload)
+    return [entry[2] for entry in sorted(newest.values(), key=lambda e: e[2].key)]
+
+
+def _bundle_docs(key: str, data: bytes, version: str | None, urgent: bool,
+                 settings: Settings, out: _Outcomes) -> Iterator[Doc]:  # fmt: skip
     fields = settings.json_fields()
     seen: set[str] = set()
     for number, line in enumerate(decode_text(key, data).split("\n"), start=1):
@@ -74,166 +98,213 @@ def _bundle_docs(
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            rejected.add(f"{key} line {number}", f"invalid JSON ({exc.msg})")
+            out.reject(f"{key} line {number}", f"invalid JSON ({exc.msg})")
             continue
         doc_id = record.get("id", record.get("key")) if isinstance(record, dict) else None
         if doc_id is None or str(doc_id) in seen:
             reason = "no 'id' field" if doc_id is None else f"duplicate id {doc_id!r}"
-            rejected.add(f"{key} line {number}", reason)
+            out.reject(f"{key} line {number}", reason)
             continue
         seen.add(str(doc_id))
         parts = [record[f] for f in fields if isinstance(record.get(f), str)]
         body = normalize_text("\n\n".join(parts))
         if not body:
-            rejected.add(f"{key}#{doc_id}", f"no text in the fields {', '.join(fields)}")
+            out.reject(f"{key}#{doc_id}", f"no text in the fields {', '.join(fields)}")
             continue
-        yield f"{key}#{doc_id}", version, body
+        yield Doc(f"{key}#{doc_id}", version, body, urgent)
 
 
-def _prefix_docs(
-    bucket: str, manifest: str, data: bytes, settings: Settings, rejected: _Rejections
-) -> Iterator[Doc]:
+def _decode(key: str, data: bytes, settings: Settings) -> str:
+    return decode_document(
+        key,
+        data,
+        json_fields=settings.json_fields(),
+        csv_columns=settings.csv_columns(),
+        max_bytes=settings.max_document_bytes,
+    )
+
+
+def _prefix_docs(bucket: str, manifest: str, data: bytes, urgent: bool,
+                 settings: Settings, out: _Outcomes) -> Iterator[Doc]:  # fmt: skip
     try:
         spec = json.loads(data)
         prefix = spec["prefix"]
     except (ValueError, KeyError, TypeError):
-        raise InvalidDocumentError(
-            manifest, 'a manifest must be a JSON object like {"prefix": "bulk/2026-11/"}'
-        ) from None
+        out.reject(manifest, 'a manifest must be a JSON object like {"prefix": "bulk/2026-11/"}')
+        return
     if not isinstance(prefix, str) or not prefix:
-        raise InvalidDocumentError(manifest, "the manifest's prefix must be a non-empty string")
+        out.reject(manifest, "the manifest's prefix must be a non-empty string")
+        return
     keys = [k for k, _ in s3.list_keys(bucket, prefix) if not k.endswith("/") and k != manifest]
 
     def read(key: str) -> Doc | tuple[str, str]:
         try:
             body, etag = s3.read_document(bucket, key, None, max_bytes=settings.max_document_bytes)
-            text = decode_document(
-                key, body, json_fields=settings.json_fields(), csv_columns=settings.csv_columns()
-            )
+            return Doc(key, etag, _decode(key, body, settings), urgent)
         except InvalidDocumentError as exc:
             return key, exc.reason
-        return key, etag, text
 
     with ThreadPoolExecutor(max_workers=READ_CONCURRENCY) as pool:
-        for result in pool.map(read, keys):
-            if len(result) == 2:
-                rejected.add(result[0], result[1])
-            else:
+        for result in pool.map(metering.propagate(read), keys):
+            if isinstance(result, Doc):
                 yield result
+            else:
+                out.reject(*result)
 
 
-def _documents(
-    request: ChunkRequest,
-    data: bytes,
-    version: str | None,
-    settings: Settings,
-    rejected: _Rejections,
-) -> Iterator[Doc]:
-    key = request.event.detail.object.key
-    if key.endswith(BUNDLE_SUFFIX):
-        yield from _bundle_docs(key, data, version, settings, rejected)
-    elif key.endswith(MANIFEST_SUFFIX):
-        yield from _prefix_docs(request.event.detail.bucket.name, key, data, settings, rejected)
-    else:
-        text = decode_document(
-            key,
-            data,
-            json_fields=settings.json_fields(),
-            csv_columns=settings.csv_columns(),
+def _is_urgent(upload: Upload, settings: Settings) -> bool:
+    if any(upload.key.startswith(p) for p in settings.urgent_prefixes()):
+        return True
+    return s3.has_tag(upload.bucket, upload.key, upload.version_id, *URGENT_TAG)
+
+
+def _read(upload: Upload, settings: Settings) -> tuple[Upload, bytes, str | None, bool] | str:
+    try:
+        data, etag = s3.read_upload(
+            upload.bucket,
+            upload.key,
+            upload.version_id,
+            size=upload.size,
             max_bytes=settings.max_document_bytes,
         )
-        yield key, version, text
+    except InvalidDocumentError as exc:
+        return exc.reason
+    return upload, data, etag, _is_urgent(upload, settings)
 
 
-def chunk_and_estimate(request: ChunkRequest, settings: Settings) -> ChunkedJob:
-    """Chunk the upload's documents and write the job's manifest (JSONL) to the work bucket.
+def _documents(creates: list[Upload], settings: Settings, out: _Outcomes) -> Iterator[Doc]:
+    with ThreadPoolExecutor(max_workers=READ_CONCURRENCY) as pool:
+        for upload, read in zip(
+            creates, pool.map(metering.propagate(lambda u: _read(u, settings)), creates),
+            strict=True,
+        ):  # fmt: skip
+            if isinstance(read, str):
+                out.reject(upload.key, read)
+                continue
+            _, data, etag, urgent = read
+            version = upload.version_id or etag or upload.etag
+            if upload.key.endswith(BUNDLE_SUFFIX):
+                try:
+                    yield from _bundle_docs(upload.key, data, version, urgent, settings, out)
+                except InvalidDocumentError as exc:
+                    out.reject(upload.key, exc.reason)
+            elif upload.key.endswith(MANIFEST_SUFFIX):
+                yield from _prefix_docs(upload.bucket, upload.key, data, urgent, settings, out)
+            else:
+                try:
+                    yield Doc(upload.key, version, _decode(upload.key, data, settings), urgent)
+                except InvalidDocumentError as exc:
+                    out.reject(upload.key, exc.reason)
 
-    Manifest record: ``{"seq", "source_key", "source_version", "chunk_index", "text",
-    "token_count", "sha256", "char_start", "char_end"}``: ``seq`` numbers the job's chunks,
-    ``chunk_index`` the document's; offsets are characters of the normalised text.
+
+def budget_prefix(settings: Settings, key: str) -> str:
+    """The longest ``PREFIX_TOKEN_LIMITS`` prefix ``key`` starts with, or ''."""
+    matches = [p for p in settings.prefix_token_limits if key.startswith(p)]
+    return max(matches, key=len) if matches else ""
+
+
+def describe(keys: list[str]) -> str:
+    """A group as a person reads it: the key, or 'N uploads: first, second, ...'."""
+    if len(keys) == 1:
+        return keys[0]
+    shown = ", ".join(keys[:3])
+    return f"{len(keys)} uploads: {shown}{', ...' if len(keys) > 3 else ''}"
+
+
+def chunk_and_estimate(request: GroupRequest, settings: Settings) -> ChunkedJob:
+    """Chunk the group's documents; write the chunk manifest and the per-document outcomes.
+
+    Writes ``jobs/<job>/chunks.jsonl`` (:class:`ChunkRow`) and ``jobs/<job>/documents.jsonl``
+    (:class:`DocumentOutcome`) to the work bucket: two S3 PUTs per group.
 
     Returns:
-        The job with exact token counts and its estimated cost (USD, batch and standard).
+        The group with exact token counts, its estimated cost (USD, batch and standard),
+        the keys it deletes and the documents it left out.
 
     Raises:
-        InvalidDocumentError: the upload is empty, binary, not UTF-8, unsupported, over the
-            size limit, has no text, or (bundle/manifest) holds no valid document.
+        InvalidDocumentError: nothing in the group can be embedded or deleted (the message
+            names each file and its reason).
+        ValueError: the group mixes buckets (one pipe serves one bucket).
     """
-    obj = request.event.detail.object
-    bucket = request.event.detail.bucket.name
-    data, etag = s3.read_document(
-        bucket, obj.key, obj.version_id, max_bytes=settings.max_document_bytes
-    )
-    version = obj.version_id or etag or obj.etag
-    rejected = _Rejections()
+    buckets = {u.bucket for u in request.uploads}
+    if len(buckets) != 1:
+        raise ValueError(f"a group holds uploads of one bucket, not {sorted(buckets)}")
+    bucket = buckets.pop()
+    latest = latest_events(request.uploads)
+    deletes = [u.key for u in latest if u.event == "Object Deleted"]
+    creates = [u for u in latest if u.event == "Object Created"]
+    out = _Outcomes([DocumentOutcome(key=k, status="deleted") for k in deletes])
     encoding = get_encoding()
-    manifest = S3Location(bucket=settings.work_bucket, key=manifest_key(request.job_id))
-    counts = {"chunks": 0, "tokens": 0, "documents": 0}
+    counts = {"chunks": 0, "tokens": 0, "documents": 0, "urgent": 0}
 
-    def records() -> Iterator[dict[str, Any]]:
-        for doc_key, doc_version, text in _documents(request, data, version, settings, rejected):
+    def rows() -> Iterator[dict[str, object]]:
+        for doc in _documents(creates, settings, out):
             chunks = chunk_text(
-                text,
+                doc.text,
                 max_tokens=settings.chunk_tokens,
                 overlap_tokens=settings.chunk_overlap_tokens,
                 encoding=encoding,
             )
             if not chunks:
-                rejected.add(doc_key, "contains no text to embed")
+                out.reject(doc.key, "contains no text to embed")
                 continue
+            prefix = budget_prefix(settings, doc.key)
+            tokens = sum(c.token_count for c in chunks)
+            out.rows.append(
+                DocumentOutcome(key=doc.key, version=doc.version, status="accepted",
+                                chunks=len(chunks), tokens=tokens, prefix=prefix,
+                                urgent=doc.urgent)
+            )  # fmt: skip
             counts["documents"] += 1
+            counts["urgent"] += int(doc.urgent)
             for c in chunks:
-                yield {
-                    "seq": counts["chunks"],
-                    "source_key": doc_key,
-                    "source_version": doc_version,
-                    "chunk_index": c.index,
-                    "text": c.text,
-                    "token_count": c.token_count,
-                    "sha256": c.sha256,
-                    "char_start": c.char_start,
-                    "char_end": c.char_end,
-                }
+                yield ChunkRow(
+                    seq=counts["chunks"], source_key=doc.key, source_version=doc.version,
+                    chunk_index=c.index, text=c.text, token_count=c.token_count,
+                    sha256=c.sha256, char_start=c.char_start, char_end=c.char_end,
+                    prefix=prefix, urgent=doc.urgent,
+                ).model_dump()  # fmt: skip
                 counts["chunks"] += 1
                 counts["tokens"] += c.token_count
 
-    s3.write_jsonl(manifest.bucket, manifest.key, records())
-    if counts["chunks"] == 0:
-        detail = "; ".join(rejected.shown[:3])
-        raise InvalidDocumentError(
-            obj.key, f"holds no document with text to embed ({rejected.count} rejected: {detail})"
-        )
-    urgent = any(obj.key.startswith(p) for p in settings.sync_prefixes) or s3.has_tag(
-        bucket, obj.key, obj.version_id, "priority", "urgent"
+    manifest = S3Location(bucket=settings.work_bucket, key=job_key(request.job_id, "chunks.jsonl"))
+    s3.write_jsonl(manifest.bucket, manifest.key, rows())
+    outcomes = S3Location(
+        bucket=settings.work_bucket, key=job_key(request.job_id, "documents.jsonl")
     )
+    s3.write_jsonl(outcomes.bucket, outcomes.key, (r.model_dump() for r in out.rows))
+    rejected = out.rejected
+    shown = [f"{r.key}: {r.reason}" for r in rejected[:MAX_REJECTED_SHOWN]]
+    if counts["chunks"] == 0 and not deletes:
+        raise InvalidDocumentError(
+            describe([u.key for u in latest]),
+            f"nothing to embed ({len(rejected)} rejected: {'; '.join(shown[:5])})",
+        )
     cost = pricing.breakdown(settings.embedding_model, counts["tokens"])
     emit("chunks", counts["chunks"], MetricUnit.Count)
     emit("estimated_tokens", counts["tokens"], MetricUnit.Count)
-    if rejected.count:
-        emit("rejected_documents", rejected.count, MetricUnit.Count)
-        logger.warning(
-            "documents left out", extra={"count": rejected.count, "first": rejected.shown}
-        )
-    logger.info("chunked", extra={"key": obj.key, **counts})
+    if rejected:
+        emit("rejected_documents", len(rejected), MetricUnit.Count)
+        logger.warning("documents left out", extra={"count": len(rejected), "first": shown})
+    logger.info("chunked", extra={"uploads": len(request.uploads), **counts})
     return ChunkedJob(
         job_id=request.job_id,
-        document=DocumentRef(
-            bucket=bucket,
-            key=obj.key,
-            version_id=obj.version_id,
-            etag=etag or obj.etag,
-            size=len(data),
-        ),
+        execution_arn=request.execution_arn,
+        bucket=bucket,
+        source=describe([u.key for u in latest]),
         model=settings.embedding_model,
         dimensions=settings.dimensions,
         manifest=manifest,
+        outcomes=outcomes,
+        uploads=len(request.uploads),
         chunks=counts["chunks"],
         tokens=counts["tokens"],
         estimate=CostEstimate(
             batch_usd=float(cost.batch_usd), standard_usd=float(cost.standard_usd)
         ),
         documents=counts["documents"],
-        rejected_count=rejected.count,
-        rejected=rejected.shown,
-        urgent=urgent,
+        rejected_count=len(rejected),
+        rejected=shown,
+        deletes=deletes,
+        urgent_documents=counts["urgent"],
     )

@@ -1,39 +1,103 @@
-"""RecordCost: commit actual usage, release the rest, write the ledger record, emit metrics."""
+"""RecordCost: commit actual usage, release the rest, write the ledger record, emit metrics.
+
+The group's cost is OpenAI **plus AWS**. The AWS part is counted, not estimated, for
+everything the code does: each handler adds its invocation and the AWS requests it made
+to the state payload (``aws``), the completer of the wait adds its own, and the Standard
+state transitions come from the execution's history. Only the SQS and Pipes requests
+that happen before the execution starts are computed from the group's size (one SQS
+send per event, one receive and one delete per 10 messages, one Pipes request per event
+of at most 64 KB: https://aws.amazon.com/eventbridge/pricing/ and
+https://aws.amazon.com/sqs/pricing/); the local stack counts them for real.
+"""
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from .. import pricing
-from ..aws import budget, jobs
+from ..aws import budget, jobs, metering, s3
+from ..aws.clients import client
 from ..metrics import emit
-from ..models import JobSummary, WrittenJob
+from ..models import DocumentResult, JobSummary, WrittenJob
+from ..records import DocumentOutcome, LedgerRecord, usd
 from ..settings import Settings
 
 logger = Logger(child=True)
 
+#: Documents listed one by one in the execution's output (the rest are counted).
+MAX_RESULTS = 1000
+#: SQS messages one ReceiveMessage returns at most (what a pipe asks for).
+SQS_RECEIVE_BATCH = 10
+
+
+def queue_usage(uploads: int) -> metering.AwsUsage:
+    """SQS and Pipes requests that delivered a group of ``uploads`` S3 events."""
+    receives = math.ceil(uploads / SQS_RECEIVE_BATCH)
+    return metering.AwsUsage(sqs_requests=uploads + 2 * receives, pipes_requests=uploads)
+
+
+def execution_transitions(execution_arn: str | None) -> int:
+    """Standard state transitions of the execution so far, plus its final Succeed state."""
+    if not execution_arn:
+        return 0
+    events: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 1000}
+    while True:
+        page = client("stepfunctions").get_execution_history(**kwargs)
+        events.extend(page["events"])
+        if not page.get("nextToken"):
+            break
+        kwargs["nextToken"] = page["nextToken"]
+    return metering.transitions_from_history(events) + 1
+
+
+def common_prefix(keys: list[str]) -> str:
+    """The documents' common top-level folder (``tenant-a/``), or '' when they differ."""
+    tops = {k.split("/", 1)[0] + "/" if "/" in k else "" for k in keys}
+    return tops.pop() if len(tops) == 1 else ""
+
+
+def _results(job: WrittenJob) -> list[DocumentResult]:
+    excluded = set(job.excluded_prefixes)
+    results: list[DocumentResult] = []
+    for raw in s3.iter_jsonl(job.outcomes.bucket, job.outcomes.key):
+        o = DocumentOutcome.model_validate(raw)
+        if o.status == "accepted" and o.prefix in excluded:
+            reason = f"prefix {o.prefix} is over its daily token budget (PrefixTokenLimits)"
+            results.append(DocumentResult(key=o.key, status="over_budget", reason=reason))
+        elif o.status == "accepted":
+            results.append(DocumentResult(key=o.key, status="embedded", chunks=o.chunks))
+        else:
+            results.append(DocumentResult(key=o.key, status=o.status, reason=o.reason))
+    return results
+
 
 def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
-    """Settle the reservation with the billed tokens and record what the job cost.
+    """Settle the reservation with the billed tokens and record what the group cost.
 
     Batch API tokens are priced at the batch price, synchronous ones at the standard price;
-    cached content costs nothing. Ledger record (usage table, ``pk = ledger#<day>``,
-    ``sk = job_id``): job, source, day, model, api, tokens billed, price per 1M used, cost,
-    standard-price cost of the same tokens, naive cost (every chunk through the synchronous
-    API at standard price, cache hits included), saved, cache hits and the cost they
-    avoided (USD). Idempotent: a retry commits nothing twice and overwrites the same record.
+    cached content costs nothing. Writes one :class:`LedgerRecord` (USD rounded to 9
+    decimals). Idempotent: a retry commits nothing twice and overwrites the same record.
+
+    Returns:
+        The summary the execution ends with, listing each document's result.
     """
-    batch_tokens = job.written.billed_tokens
-    sync_tokens = job.written.sync_billed_tokens
+    written = job.written
+    batch_tokens = written.billed_tokens if written else 0
+    sync_tokens = written.sync_billed_tokens if written else 0
     billed = batch_tokens + sync_tokens
-    budget.settle(
-        jobs_table=settings.jobs_table,
-        usage_table=settings.usage_table,
-        job_id=job.job_id,
-        billed_tokens=billed,
-        outcome="committed",
-    )
+    if job.reservation is not None:
+        budget.settle(
+            jobs_table=settings.jobs_table,
+            usage_table=settings.usage_table,
+            job_id=job.job_id,
+            billed_tokens=billed,
+            outcome="committed",
+        )
     price = pricing.price_for(job.model)
     cost = pricing.cost_usd(batch_tokens, price.batch) + pricing.cost_usd(
         sync_tokens, price.standard
@@ -41,68 +105,87 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
     standard = pricing.cost_usd(billed, price.standard)
     naive = pricing.cost_usd(job.tokens, price.standard)
     plan = job.embed
-    api: str = plan.api if plan is not None else "batch"
+    api = "none" if not billed else ("batch" if not sync_tokens else "sync")
     if sync_tokens and batch_tokens:
-        api = "batch+sync"  # a batch finished through the synchronous fallback
-    elif sync_tokens:
-        api = "sync"
+        api = "sync+batch"
     cached_tokens = plan.cached_tokens if plan is not None else 0
-    avoided_price = price.standard if api == "sync" else price.batch
-    day = job.reservation.day
+    results = _results(job)
+    aws = (
+        job.aws
+        + (job.outcome.aws if job.outcome is not None else metering.AwsUsage())
+        + queue_usage(job.uploads)
+        + metering.AwsUsage(sfn_transitions=execution_transitions(job.execution_arn))
+        + metering.snapshot()
+    )
+    aws_cost = usd(aws.cost_usd())
+    day = job.reservation.day if job.reservation is not None else budget.utc_day()
+    embedded = [r for r in results if r.status == "embedded"]
+    rejected = [f"{r.key}: {r.reason}" for r in results if r.status in ("rejected", "over_budget")]
     summary = JobSummary(
         job_id=job.job_id,
-        bucket=job.document.bucket,
-        key=job.document.key,
+        bucket=job.bucket,
+        source=job.source,
         model=job.model,
         dimensions=job.dimensions,
-        chunks=job.chunks,
+        uploads=job.uploads,
+        documents=len(embedded),
+        chunks=sum(r.chunks for r in embedded),
         tokens=job.tokens,
         billed_tokens=billed,
-        vectors_written=job.written.vectors_written,
-        cost_usd=float(cost),
-        standard_cost_usd=float(standard),
-        saved_usd=float(standard - cost),
+        vectors_written=written.vectors_written if written else 0,
+        batches=len(job.final_batches),
+        cost_usd=usd(cost),
+        aws_cost_usd=aws_cost,
+        total_cost_usd=usd(float(cost) + aws_cost),
+        standard_cost_usd=usd(standard),
+        saved_usd=usd(standard - cost),
+        naive_cost_usd=usd(naive),
         day=day,
-        documents=job.documents,
-        rejected_count=job.rejected_count,
-        rejected=job.rejected,
+        rejected_count=len(rejected),
+        rejected=rejected[:20],
         api=api,
         cache_hits=plan.cache_hits if plan is not None else 0,
         tokens_saved=cached_tokens,
-        cost_avoided_usd=float(pricing.cost_usd(cached_tokens, avoided_price)),
-        naive_cost_usd=float(naive),
+        cost_avoided_usd=usd(pricing.cost_usd(cached_tokens, price.batch)),
+        aws=aws,
+        results=results[:MAX_RESULTS],
     )
-    jobs.put_ledger_record(
-        settings.usage_table,
-        day,
-        job.job_id,
-        {
-            "job_id": job.job_id,
-            "source": f"s3://{job.document.bucket}/{job.document.key}",
-            "day": day,
-            "model": job.model,
-            "status": "SUCCEEDED",
-            "api": api,
-            "tokens": billed,
-            "price_per_million_usd": float(price.standard if api == "sync" else price.batch),
-            "cost_usd": summary.cost_usd,
-            "standard_cost_usd": summary.standard_cost_usd,
-            "saved_usd": summary.saved_usd,
-            "naive_cost_usd": summary.naive_cost_usd,
-            "cache_hits": summary.cache_hits,
-            "tokens_saved": summary.tokens_saved,
-            "cost_avoided_usd": summary.cost_avoided_usd,
-        },
+    record = LedgerRecord(
+        job_id=job.job_id,
+        source=f"s3://{job.bucket}/{job.source}",
+        day=day,
+        model=job.model,
+        status="SUCCEEDED",
+        api=api,
+        prefix=common_prefix([r.key for r in results]),
+        documents=summary.documents,
+        batches=summary.batches,
+        tokens=billed,
+        price_per_million_usd=float(price.standard if api == "sync" else price.batch),
+        cost_usd=summary.cost_usd,
+        aws_cost_usd=aws_cost,
+        total_cost_usd=summary.total_cost_usd,
+        standard_cost_usd=summary.standard_cost_usd,
+        saved_usd=summary.saved_usd,
+        naive_cost_usd=summary.naive_cost_usd,
+        cache_hits=summary.cache_hits,
+        tokens_saved=summary.tokens_saved,
+        cost_avoided_usd=summary.cost_avoided_usd,
+        sfn_transitions=aws.sfn_transitions,
+        lambda_requests=aws.lambda_requests,
+        lambda_gb_seconds=aws.lambda_gb_seconds,
     )
+    jobs.put_ledger_record(settings.usage_table, day, job.job_id, record.model_dump())
     jobs.mark_finished(
         settings.jobs_table,
         job.job_id,
-        {"status": "SUCCEEDED", **summary.model_dump(exclude={"rejected"})},
+        {"status": "SUCCEEDED", **summary.model_dump(exclude={"rejected", "results", "aws"})},
     )
     emit("tokens", billed, MetricUnit.Count)
     emit("cost_usd", summary.cost_usd, MetricUnit.NoUnit)
+    emit("aws_cost_usd", aws_cost, MetricUnit.NoUnit)
     emit("saved_usd", summary.saved_usd, MetricUnit.NoUnit)
-    emit("chunks", job.chunks, MetricUnit.Count)
+    emit("chunks", summary.chunks, MetricUnit.Count)
     emit("vectors_written", summary.vectors_written, MetricUnit.Count)
-    logger.info("cost recorded", extra=summary.model_dump(exclude={"rejected"}))
+    logger.info("cost recorded", extra=summary.model_dump(exclude={"rejected", "results"}))
     return summary

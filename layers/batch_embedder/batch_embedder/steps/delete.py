@@ -1,4 +1,5 @@
-"""DeleteDocument: an "Object Deleted" event (or a delete marker) removes the object's rows."""
+"""DeleteDocuments: the group's "Object Deleted" events (deletes and delete markers) remove
+the objects' rows."""
 
 from __future__ import annotations
 
@@ -8,21 +9,25 @@ from aws_lambda_powertools.metrics import MetricUnit
 from ..db.connection import connect_settings
 from ..db.vectors import delete_document
 from ..metrics import emit
-from ..models import DeleteRequest, DeleteResult
+from ..models import ChunkedJob
 from ..settings import Settings
 
 logger = Logger(child=True)
 
 
-def delete_object_rows(request: DeleteRequest, settings: Settings) -> DeleteResult:
-    """Delete every row of the deleted object, for every model (a bundle: all its documents).
+def delete_documents(job: ChunkedJob, settings: Settings) -> ChunkedJob:
+    """Delete every row of each deleted key, for every model (a bundle: all its documents),
+    in one transaction.
 
     Idempotent: deleting again removes nothing more.
+
+    Returns:
+        The group unchanged (the rows deleted are logged and counted in ``rows_deleted``).
     """
-    bucket = request.event.detail.bucket.name
-    key = request.event.detail.object.key
-    with connect_settings(settings) as conn:
-        deleted = delete_document(conn, bucket=bucket, key=key)
+    deleted = 0
+    with connect_settings(settings) as conn, conn.transaction():
+        for key in job.deletes:
+            deleted += delete_document(conn, bucket=job.bucket, key=key)
     emit("rows_deleted", deleted, MetricUnit.Count)
-    logger.info("document deleted", extra={"key": key, "rows_deleted": deleted})
-    return DeleteResult(bucket=bucket, key=key, rows_deleted=deleted)
+    logger.info("documents deleted", extra={"keys": len(job.deletes), "rows_deleted": deleted})
+    return job

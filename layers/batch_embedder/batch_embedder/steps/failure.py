@@ -9,21 +9,23 @@ reservation, so no budget is left reserved.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from .. import pricing
-from ..aws import budget, jobs
+from ..aws import budget, jobs, metering
 from ..db import cache
 from ..db.connection import connect_settings
 from ..metrics import emit
 from ..models import BatchRef, FailedState, FailureInput, FailureOutcome
 from ..openai_client import get_client
 from ..openai_files import iter_jsonl_file
+from ..records import LedgerRecord, usd
 from ..settings import Settings
 from .batch import TERMINAL, release_queue, to_ref
+from .chunk import describe
+from .cost import common_prefix, queue_usage
 
 logger = Logger(child=True)
 
@@ -41,10 +43,11 @@ BATCH_STATES: dict[str, FailedState] = {
 
 
 def _source_key(failure: FailureInput) -> str:
-    if failure.document is not None:
-        return failure.document.key
-    detail: dict[str, Any] = (failure.event or {}).get("detail") or {}
-    return str((detail.get("object") or {}).get("key", "<unknown object>"))
+    if failure.source:
+        return failure.source
+    if isinstance(failure.uploads, list) and failure.uploads:
+        return describe([u.key for u in failure.uploads])
+    return "<unknown object>"
 
 
 def error_message(cause: str) -> str:
@@ -116,7 +119,7 @@ def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
     key = _source_key(failure)
     billed = 0
     details: list[str] = []
-    refs = failure.batches or []
+    refs = failure.outcome.batches if failure.outcome is not None else (failure.batches or [])
     if refs:
         try:
             billed, refs, details = _billed_tokens(settings, [b.batch_id for b in refs])
@@ -133,7 +136,7 @@ def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
         message = error_message(failure.error.cause)
         cause = message if state != "PipelineError" else f"{key}: {error}: {message}"
     else:
-        status = failure.poll.status if failure.poll else "failed"
+        status = failure.outcome.status if failure.outcome else "failed"
         state = BATCH_STATES.get(status, "PipelineError")
         error = state
         cause = _batch_cause(key, status, refs, details)
@@ -144,30 +147,36 @@ def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
         billed_tokens=billed,
         outcome="released",
     )
-    if committed:
-        item = jobs.get_job(settings.jobs_table, failure.job_id)
-        model = failure.model or settings.embedding_model
-        cost = pricing.breakdown(model, committed)
-        day = str(item.get("reservation_day") or budget.utc_day())
-        jobs.put_ledger_record(
-            settings.usage_table,
-            day,
-            failure.job_id,
-            {
-                "job_id": failure.job_id,
-                "source": key,
-                "day": day,
-                "model": model,
-                "status": "FAILED",
-                "tokens": committed,
-                "price_per_million_usd": float(pricing.price_for(model).batch),
-                "cost_usd": float(cost.batch_usd),
-                "standard_cost_usd": float(cost.standard_usd),
-                "saved_usd": float(cost.saved_usd),
-                "api": "batch",
-                "naive_cost_usd": float(cost.standard_usd),
-            },
-        )
+    model = failure.model or settings.embedding_model
+    uploads = failure.uploads if isinstance(failure.uploads, int) else len(failure.uploads or [])
+    aws = failure.aws + queue_usage(uploads) + metering.snapshot()
+    if failure.outcome is not None:
+        aws = aws + failure.outcome.aws
+    item = jobs.get_job(settings.jobs_table, failure.job_id)
+    cost = pricing.breakdown(model, committed)
+    day = str(item.get("reservation_day") or budget.utc_day())
+    aws_cost = usd(aws.cost_usd())
+    record = LedgerRecord(
+        job_id=failure.job_id,
+        source=key,
+        day=day,
+        model=model,
+        status="FAILED",
+        api="batch",
+        prefix=common_prefix([key]),
+        batches=len(refs),
+        tokens=committed,
+        price_per_million_usd=float(pricing.price_for(model).batch),
+        cost_usd=usd(cost.batch_usd),
+        aws_cost_usd=aws_cost,
+        total_cost_usd=usd(float(cost.batch_usd) + aws_cost),
+        standard_cost_usd=usd(cost.standard_usd),
+        saved_usd=usd(cost.saved_usd),
+        naive_cost_usd=usd(cost.standard_usd),
+        lambda_requests=aws.lambda_requests,
+        lambda_gb_seconds=aws.lambda_gb_seconds,
+    )
+    jobs.put_ledger_record(settings.usage_table, day, failure.job_id, record.model_dump())
     jobs.mark_finished(
         settings.jobs_table,
         failure.job_id,

@@ -1,4 +1,4 @@
-"""EmbedSync: embed through the synchronous Embeddings API (small, urgent, or to finish a
+"""EmbedSync: embed through the synchronous Embeddings API (urgent documents, or to finish a
 failed/expired batch), paced by the shared token bucket."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from ..metrics import emit
 from ..models import S3Location, SyncOutput, WriteInput
 from ..openai_client import get_client
 from ..openai_files import iter_jsonl_file
+from ..records import EmbedRow
 from ..settings import Settings, request_dimensions
 from ..sync_embed import bucket_for, embed_sync
 
@@ -27,16 +28,17 @@ def _b64(vector: Any) -> str:
     return base64.b64encode(vector.astype("<f4").tobytes()).decode()
 
 
-def sync_output_key(job_id: str) -> str:
-    """Work-bucket key of a job's synchronous embeddings (batch-output-shaped JSONL)."""
-    return f"jobs/{job_id}/sync-output.jsonl"
+def sync_output_key(job_id: str, phase: str) -> str:
+    """Work-bucket key of a group's synchronous embeddings (batch-output-shaped JSONL);
+    ``phase`` is ``urgent`` or ``fallback``."""
+    return f"jobs/{job_id}/sync-{phase}.jsonl"
 
 
 def _done_in_batches(job: WriteInput, settings: Settings) -> set[int]:
     """Embed seqs a (failed/expired) batch already returned: they are not paid twice."""
     client = get_client(settings)
     done: set[int] = set()
-    for batch in job.batches:
+    for batch in job.final_batches:
         if not batch.output_file_id:
             continue
         for record in iter_jsonl_file(client, batch.output_file_id):
@@ -47,12 +49,13 @@ def _done_in_batches(job: WriteInput, settings: Settings) -> set[int]:
 
 
 def embed_sync_step(job: WriteInput, settings: Settings) -> WriteInput:
-    """Embed the job's remaining contents through the synchronous API.
+    """Embed contents through the synchronous API: the urgent documents' (before any batch),
+    or what a failed or expired batch did not return (the fallback, after the wait).
 
-    Reads CheckCache's embed manifest; leaves out what the job's batches already returned
-    (the fallback after a failed or expired batch). The vectors go to
-    ``jobs/<job id>/sync-output.jsonl`` in the Batch API's output line format, so
-    FetchAndWrite reads both the same way.
+    Reads CheckCache's embed manifest and leaves out what the group's batches already
+    returned, what an earlier synchronous phase embedded, and what only documents of
+    prefixes over budget need. The vectors go to ``jobs/<job>/sync-<phase>.jsonl`` in the
+    Batch API's output line format, so FetchAndWrite reads both the same way.
 
     Raises:
         RateLimitWaitTooLong: the token bucket needs a longer wait than
@@ -60,11 +63,19 @@ def embed_sync_step(job: WriteInput, settings: Settings) -> WriteInput:
         QuotaExhaustedError: the account has no credit.
     """
     assert job.embed is not None and job.embed.manifest is not None, "CheckCache runs first"
-    done = _done_in_batches(job, settings) if job.batches else set()
+    fallback = job.outcome is not None
+    done = _done_in_batches(job, settings) if fallback else set()
+    excluded = set(job.excluded_prefixes)
+    urgent_done = bool(job.sync_outputs)
     rows = [
-        (int(r["seq"]), str(r["text"]), int(r["token_count"]))
-        for r in s3.iter_jsonl(job.embed.manifest.bucket, job.embed.manifest.key)
-        if int(r["seq"]) not in done
+        (r.seq, r.text, r.token_count)
+        for r in (
+            EmbedRow.model_validate(x)
+            for x in s3.iter_jsonl(job.embed.manifest.bucket, job.embed.manifest.key)
+        )
+        if r.needed(excluded)
+        and r.seq not in done
+        and (r.urgent if not fallback else not (r.urgent and urgent_done))
     ]
     client = get_client(settings, max_retries=0)
     bucket = bucket_for(settings, job.model)
@@ -116,19 +127,17 @@ def embed_sync_step(job: WriteInput, settings: Settings) -> WriteInput:
                     "error": None,
                 }
 
-    location = S3Location(bucket=settings.work_bucket, key=sync_output_key(job.job_id))
+    phase = "fallback" if fallback else "urgent"
+    location = S3Location(bucket=settings.work_bucket, key=sync_output_key(job.job_id, phase))
     s3.write_jsonl(location.bucket, location.key, lines())
     emit("sync_requests", totals["requests"], MetricUnit.Count)
     if totals["waited"]:
         emit("throttled_waits", 1, MetricUnit.Count)
     logger.info("embedded synchronously", extra={**totals, "chunks": len(rows)})
-    return job.model_copy(
-        update={
-            "sync": SyncOutput(
-                location=location,
-                billed_tokens=int(totals["billed"]),
-                requests=int(totals["requests"]),
-                rate_limited=int(totals["rate_limited"]),
-            )
-        }
+    output = SyncOutput(
+        location=location,
+        billed_tokens=int(totals["billed"]),
+        requests=int(totals["requests"]),
+        rate_limited=int(totals["rate_limited"]),
     )
+    return job.model_copy(update={"sync_outputs": [*job.sync_outputs, output]})

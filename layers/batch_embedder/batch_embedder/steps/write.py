@@ -19,6 +19,7 @@ from ..metrics import emit
 from ..models import WriteInput, WriteResult, WrittenJob
 from ..openai_client import get_client
 from ..openai_files import decode_embedding, iter_jsonl_file
+from ..records import ChunkRow, DocumentOutcome, EmbedRow
 from ..settings import Settings
 
 logger = Logger(child=True)
@@ -76,41 +77,40 @@ def fetch_and_write(job: WriteInput, settings: Settings) -> WrittenJob:
     plan = job.embed
     seq_to_sha: dict[int, str] = {}
     if plan is not None and plan.manifest is not None:
-        for r in s3.iter_jsonl(plan.manifest.bucket, plan.manifest.key):
-            seq_to_sha[int(r["seq"])] = str(r["sha256"])
-    else:  # a job planned before the cache existed: the manifest's seqs are the embed seqs
-        for r in s3.iter_jsonl(job.manifest.bucket, job.manifest.key):
-            seq_to_sha[int(r["seq"])] = str(r["sha256"])
+        for raw in s3.iter_jsonl(plan.manifest.bucket, plan.manifest.key):
+            row = EmbedRow.model_validate(raw)
+            seq_to_sha[row.seq] = row.sha256
+    excluded = set(job.excluded_prefixes)
+    keys = sorted(
+        o.key
+        for o in (DocumentOutcome.model_validate(x)
+                  for x in s3.iter_jsonl(job.outcomes.bucket, job.outcomes.key))
+        if o.status == "accepted" and o.prefix not in excluded
+    )  # fmt: skip
     batch_reader = _OutputReader(job.job_id, seq_to_sha)
     sync_reader = _OutputReader(job.job_id, seq_to_sha)
     with (
         connect_settings(settings) as conn,
         ChunkWriter(
             conn,
-            bucket=job.document.bucket,
-            lock_key=job.document.key,
+            bucket=job.bucket,
+            lock_keys=keys,
             job_id=job.job_id,
             model=job.model,
             dimensions=job.dimensions,
         ) as writer,
     ):
         writer.copy_chunks(
-            (
-                int(r["seq"]),
-                str(r["source_key"]),
-                r["source_version"],
-                int(r["chunk_index"]),
-                str(r["text"]),
-                str(r["sha256"]),
-                int(r["token_count"]),
-                int(r["char_start"]),
-                int(r["char_end"]),
+            row
+            for row in (
+                ChunkRow.model_validate(x)
+                for x in s3.iter_jsonl(job.manifest.bucket, job.manifest.key)
             )
-            for r in s3.iter_jsonl(job.manifest.bucket, job.manifest.key)
+            if row.prefix not in excluded
         )
-        if job.batches:
+        if job.final_batches:
             client = get_client(settings)
-            for batch in job.batches:
+            for batch in job.final_batches:
                 if batch.output_file_id:
                     writer.copy_vectors(
                         batch_reader.vectors(iter_jsonl_file(client, batch.output_file_id))
@@ -119,9 +119,9 @@ def fetch_and_write(job: WriteInput, settings: Settings) -> WrittenJob:
                     batch_reader.failed_requests += sum(
                         1 for _ in iter_jsonl_file(client, batch.error_file_id)
                     )
-        if job.sync is not None:
+        for sync in job.sync_outputs:
             writer.copy_vectors(
-                sync_reader.vectors(s3.iter_jsonl(job.sync.location.bucket, job.sync.location.key))
+                sync_reader.vectors(s3.iter_jsonl(sync.location.bucket, sync.location.key))
             )
         writer.fill_from_cache()
         missing = writer.missing()
@@ -130,11 +130,11 @@ def fetch_and_write(job: WriteInput, settings: Settings) -> WrittenJob:
             mine = set(seq_to_sha.values())
             if plan is not None and plan.awaited and not (set(missing) & mine) and not failed:
                 raise CacheNotReadyError(
-                    f"{job.document.key}: {len(missing)} content(s) are still being embedded "
+                    f"{job.source}: {len(missing)} content(s) are still being embedded "
                     "by another execution"
                 )
             raise EmbeddingsIncompleteError(
-                key=job.document.key,
+                key=job.source,
                 expected=job.chunks,
                 received=job.chunks - writer.chunks_without_vector(),
                 failed_requests=failed,

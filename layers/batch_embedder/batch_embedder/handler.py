@@ -1,0 +1,52 @@
+"""One handler shape for every Lambda: ``functions/<step>/app.py`` is a few lines.
+
+``step_handler(Model)(step)`` gives a Lambda handler that injects the Lambda context into
+the logs, traces, parses the event into ``Model`` (a pydantic error names the field),
+reads the settings, calls ``step(event, settings)`` inside an AWS usage meter, and returns
+the pydantic result as JSON. A result that carries the execution's AWS usage
+(:class:`~batch_embedder.models.Metered`) gains this invocation's: one Lambda request,
+its GB-seconds (configured memory x measured duration) and every AWS request it made.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel
+
+from .aws import metering
+from .models import Metered
+from .settings import Settings, get_settings
+
+logger = Logger()
+tracer = Tracer()
+
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
+
+
+def step_handler(model: type[M]) -> Callable[[Callable[[M, Settings], BaseModel]], Handler]:
+    """Make ``step(event: model, settings) -> BaseModel`` a Lambda handler.
+
+    Raises:
+        pydantic.ValidationError: the event does not fit ``model``.
+    """
+
+    def wrap(step: Callable[[M, Settings], BaseModel]) -> Handler:
+        @logger.inject_lambda_context(clear_state=True)
+        @tracer.capture_lambda_handler
+        @functools.wraps(step)
+        def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+            with metering.invocation(memory_mb=int(context.memory_limit_in_mb)):
+                result = step(model.model_validate(event), get_settings())
+                if isinstance(result, Metered):
+                    result = result.model_copy(update={"aws": result.aws + metering.snapshot()})
+            return result.model_dump(mode="json", exclude_none=True)
+
+        return handler
+
+    return wrap

@@ -1,0 +1,121 @@
+"""Uploads grouped into one execution and one shared batch (the pipe, on the local stack)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+
+from batch_embedder.pricing import price_for
+from tests.conftest import SAMPLES
+
+pytestmark = pytest.mark.integration
+
+MODEL = "text-embedding-3-small"
+
+
+def keys_with_rows(db: psycopg.Connection[tuple[Any, ...]], prefix: str) -> dict[str, int]:
+    rows = db.execute(
+        "SELECT source_key, count(*) FROM batch_embedder.chunks WHERE source_key LIKE %s "
+        "GROUP BY source_key",
+        (prefix + "%",),
+    ).fetchall()
+    return {str(k): int(n) for k, n in rows}
+
+
+@pytest.fixture()
+def window(stack: Any) -> Iterator[Any]:
+    """Lets a test widen the pipe's window; puts it back after."""
+    before = stack.pipe.window_seconds
+    yield stack.pipe
+    stack.pipe.window_seconds = before
+
+
+def test_300_small_files_uploaded_one_by_one_share_one_execution_and_one_batch(
+    stack: Any, window: Any, db: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    window.window_seconds = 20  # the uploads below take a few seconds: one window holds them
+    salt = uuid.uuid4().hex[:8]
+    prefix = f"small-{salt}/"
+    files = [
+        (f"{prefix}note-{i:03d}.txt",
+         f"Note {i} ({salt}): the quarterly report for region {i % 7} lists {i * 13} orders, "
+         f"{i % 5} returns and a customer satisfaction score of {50 + i % 50}.".encode())
+        for i in range(300)
+    ]  # fmt: skip
+    sync_before = stack.emulator.stats()["sync_billed_tokens"]
+    results = stack.ingest(files, timeout=300)
+    assert 1 <= len(results) <= 3
+    assert all(r.status == "SUCCEEDED" for r in results), [
+        (r.failed_state, r.cause) for r in results
+    ]
+    assert sum(r.output["batches"] for r in results) == 1
+    assert sum(r.output["documents"] for r in results) == 300
+    stored = keys_with_rows(db, prefix)
+    assert sorted(stored) == sorted(k for k, _ in files)
+    # Every token at the batch price: none went through the synchronous API.
+    assert stack.emulator.stats()["sync_billed_tokens"] == sync_before
+    batch_price = price_for(MODEL).batch
+    for r in results:
+        out = r.output
+        assert out["api"] == "batch"
+        expected = float(
+            (Decimal(out["billed_tokens"]) * batch_price / Decimal(1_000_000)).quantize(
+                Decimal("0.000000001")
+            )
+        )
+        assert out["cost_usd"] == pytest.approx(expected, abs=1e-9)
+        assert out["total_cost_usd"] == pytest.approx(out["cost_usd"] + out["aws_cost_usd"])
+        assert out["aws"]["sfn_transitions"] >= 10  # counted from the execution's history
+        assert out["aws"]["lambda_requests"] >= 7
+
+
+def test_a_bad_file_and_a_prefix_over_budget_are_reported_and_the_rest_is_embedded(
+    stack: Any, window: Any, db: psycopg.Connection[tuple[Any, ...]], monkeypatch: Any
+) -> None:
+    window.window_seconds = 5
+    salt = uuid.uuid4().hex[:8]
+    capped = f"capped-{salt}/"
+    monkeypatch.setenv("PREFIX_TOKEN_LIMITS", f'{{"{capped}": 10}}')  # read on every call
+    good = [
+        (f"mixed-{salt}/{name}", f"[{salt}] ".encode() + (SAMPLES / name).read_bytes())
+        for name in ("appetite.rst.txt", "interpreter.rst.txt")
+    ]
+    files = [*good, (f"mixed-{salt}/empty.txt", b""), (f"{capped}big.rst.txt",
+             f"[{salt}] ".encode() + (SAMPLES / "errors.rst.txt").read_bytes())]  # fmt: skip
+    results = stack.ingest(files, timeout=300)
+    assert len(results) == 1
+    result = results[0]
+    assert result.status == "SUCCEEDED", (result.failed_state, result.cause)
+    by_key = {r["key"]: r for r in result.output["results"]}
+    for key, _ in good:
+        assert by_key[key]["status"] == "embedded"
+        assert by_key[key]["chunks"] == keys_with_rows(db, key)[key] > 0
+    assert by_key[f"mixed-{salt}/empty.txt"] == {
+        "key": f"mixed-{salt}/empty.txt", "status": "rejected", "chunks": 0,
+        "reason": "the file is empty (0 bytes)",
+    }  # fmt: skip
+    over = by_key[f"{capped}big.rst.txt"]
+    assert over["status"] == "over_budget" and capped in over["reason"]
+    assert keys_with_rows(db, capped) == {}
+    # Named in the output a user reads, with the reason.
+    assert any(r.startswith(f"mixed-{salt}/empty.txt: ") for r in result.output["rejected"])
+    assert any(r.startswith(f"{capped}big.rst.txt: ") for r in result.output["rejected"])
+    assert result.output["documents"] == 2
+
+
+def test_a_group_of_only_bad_files_fails_naming_each_file(stack: Any) -> None:
+    salt = uuid.uuid4().hex[:8]
+    results = stack.ingest(
+        [(f"bad-{salt}/empty.txt", b""), (f"bad-{salt}/binary.txt", b"\x00\x01\x02\xff" * 10)],
+        timeout=120,
+    )
+    assert len(results) == 1 and results[0].status == "FAILED"
+    assert results[0].failed_state == "InvalidDocument"
+    cause = results[0].cause or ""
+    assert f"bad-{salt}/empty.txt" in cause and f"bad-{salt}/binary.txt" in cause
+    assert "empty" in cause
