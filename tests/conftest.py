@@ -50,6 +50,14 @@ def stack(home: Path, database_url: str) -> Iterator[Any]:
         yield s
 
 
+@pytest.fixture()
+def emulator(stack: Any) -> Iterator[Any]:
+    """The stack's OpenAI emulator, its switches put back after the test."""
+    before = stack.emulator.config.model_dump()
+    yield stack.emulator
+    stack.emulator.update_config(**before)
+
+
 def fresh(name: str, salt: str) -> bytes:
     """A sample document made unique (every chunk differs), so the cache cannot serve it."""
     text = (SAMPLES / name).read_text(encoding="utf-8")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -17,14 +17,6 @@ import pytest
 from tests.conftest import SAMPLES
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture()
-def emulator(stack: Any) -> Iterator[Any]:
-    """The emulator, its switches put back after the test."""
-    before = stack.emulator.config.model_dump()
-    yield stack.emulator
-    stack.emulator.update_config(**before)
 
 
 def until(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -14,6 +12,7 @@ from batch_embedder.chunking import chunk_text
 from batch_embedder.documents import decode_document
 from batch_embedder.pricing import cost_usd, price_for
 from tests.conftest import SAMPLES, fresh
+from tests.utils import ledger, usd
 
 pytestmark = pytest.mark.integration
 NAMES = sorted(p.name for p in SAMPLES.glob("*.rst.txt"))[:10]
@@ -23,13 +22,6 @@ START = ["ReadGroup", "ChunkAndEstimate", "AnyDeletes", "AnyChunks", "CheckCache
          "BudgetCheck", "BudgetReserved", "HowToEmbed"]  # fmt: skip
 BATCH = ["BuildAndUploadJsonl", "CreateBatch", "BatchQueued", "WaitForBatches", "BatchOutcome"]
 END = ["FetchAndWrite", "RecordCost", "Embedded"]
-
-
-@pytest.fixture()
-def emulator(stack: Any) -> Iterator[Any]:
-    before = stack.emulator.config.model_dump()
-    yield stack.emulator
-    stack.emulator.update_config(**before)
 
 
 def stored(db: psycopg.Connection[tuple[Any, ...]], key: str, dims: int = 1536) -> list[Any]:
@@ -54,18 +46,6 @@ def edit(body: bytes) -> bytes:
 def distinct_tokens(key: str, body: bytes) -> dict[str, int]:
     """Tokens of each distinct chunk of a document (what embedding it once costs)."""
     return {c.sha256: c.token_count for c in chunk_text(decode_document(key, body))}
-
-
-def usd(tokens: int, per_million: Any) -> float:
-    return float(cost_usd(tokens, per_million))
-
-
-def ledger(output: dict[str, Any]) -> dict[str, Any]:
-    table = boto3.resource("dynamodb").Table(os.environ["USAGE_TABLE"])
-    item: dict[str, Any] = table.get_item(
-        Key={"pk": f"ledger#{output['day']}", "sk": output["job_id"]}
-    )["Item"]
-    return item
 
 
 def test_reingest_after_editing_10_percent_bills_only_changed_chunks(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -17,9 +16,10 @@ import psycopg
 import pytest
 
 from batch_embedder.aws import budget
-from batch_embedder.pricing import cost_usd, price_for
+from batch_embedder.pricing import price_for
 from batch_embedder.tokenizer import count_tokens
 from tests.conftest import SAMPLES, fresh
+from tests.utils import ledger, usd
 
 pytestmark = pytest.mark.integration
 
@@ -45,27 +45,6 @@ def rows(db: psycopg.Connection[tuple[Any, ...]], key: str) -> list[tuple[Any, .
 
 def counter(stack: Any) -> dict[str, int]:
     return budget.get_counter(os.environ["USAGE_TABLE"], budget.utc_day(), f"model:{MODEL}")
-
-
-def ledger(output: dict[str, Any]) -> dict[str, Any]:
-    table = boto3.resource("dynamodb").Table(os.environ["USAGE_TABLE"])
-    item: dict[str, Any] = table.get_item(
-        Key={"pk": f"ledger#{output['day']}", "sk": output["job_id"]}
-    )["Item"]
-    return item
-
-
-def usd(tokens: int, per_million: Any) -> float:
-    """What ``tokens`` cost at ``per_million`` USD, as the output and the ledger carry it."""
-    return float(cost_usd(tokens, per_million))
-
-
-@pytest.fixture()
-def emulator(stack: Any) -> Iterator[Any]:
-    """The emulator, its switches put back after the test."""
-    before = stack.emulator.config.model_dump()
-    yield stack.emulator
-    stack.emulator.update_config(**before)
 
 
 @pytest.fixture(scope="module")

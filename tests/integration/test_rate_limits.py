@@ -7,7 +7,6 @@ of a failed or expired batch use the synchronous API.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -24,13 +23,6 @@ from tests.conftest import fresh
 
 pytestmark = pytest.mark.integration
 MODEL = "text-embedding-3-small"
-
-
-@pytest.fixture()
-def emulator(stack: Any) -> Iterator[Any]:
-    before = stack.emulator.config.model_dump()
-    yield stack.emulator
-    stack.emulator.update_config(**before)
 
 
 def client(emulator: Any) -> openai.OpenAI:

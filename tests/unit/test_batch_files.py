@@ -95,6 +95,17 @@ def test_a_gap_in_the_seqs_starts_a_new_request(tmp_path: Path) -> None:
     assert files[0].custom_ids == ["j:0-2", "j:5-7"]
 
 
+def test_no_file_holds_more_tokens_than_the_enqueued_token_cap(tmp_path: Path) -> None:
+    # A group larger than the queue becomes several batches that each fit (and wait for room).
+    rows = [(i, f"chunk {i}", 400) for i in range(100)]
+    files = write_batch_files(
+        rows, job_id="j", model="m", dimensions=None, directory=tmp_path,
+        limits=BatchLimits(inputs_per_request=10, tokens_per_file=10_000),
+    )  # fmt: skip
+    assert [f.tokens for f in files] == [8_000] * 5
+    assert sum(f.inputs for f in files) == 100
+
+
 def test_custom_id_round_trip() -> None:
     assert parse_custom_id(custom_id("3f2a-uuid:with:colons", 10, 20)) == (
         "3f2a-uuid:with:colons",

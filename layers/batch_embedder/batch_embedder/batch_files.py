@@ -37,6 +37,9 @@ class BatchLimits:
     requests_per_file: int = MAX_REQUESTS_PER_BATCH
     inputs_per_file: int = MAX_INPUTS_PER_BATCH
     bytes_per_file: int = MAX_BATCH_FILE_BYTES
+    #: Tokens per file: at most the model's enqueued-token cap, so every batch can be
+    #: enqueued once the queue has room (a larger one never could).
+    tokens_per_file: int = 1 << 62
 
 
 @dataclass
@@ -128,7 +131,7 @@ def write_batch_files(
     """Pack ``(seq, text, token_count)`` rows (increasing seqs) into batch files.
 
     A request closes before it would pass the per-request input or token limit; a file
-    closes before it would pass the per-batch request, input or byte limit. Files are
+    closes before it would pass the per-batch request, input, byte or token limit. Files are
     streamed to ``directory`` (never held whole in memory).
 
     Returns:
@@ -162,6 +165,7 @@ def write_batch_files(
                 current.requests + 1 > limits.requests_per_file
                 or current.inputs + len(texts) > limits.inputs_per_file
                 or current.bytes + len(line) > limits.bytes_per_file
+                or current.tokens + tokens > limits.tokens_per_file
             ):
                 if handle is not None:
                     handle.close()

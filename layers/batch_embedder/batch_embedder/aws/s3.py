@@ -15,7 +15,8 @@ from .clients import client
 def read_document(
     bucket: str, key: str, version_id: str | None, *, max_bytes: int
 ) -> tuple[bytes, str | None]:
-    """Read an uploaded object whole, refusing it before download when it is too large.
+    """Read an object whose size is not known yet: a HEAD first, so that an object over
+    ``max_bytes`` is refused before it is downloaded.
 
     Returns:
         ``(body bytes, ETag without quotes)``.
@@ -25,21 +26,17 @@ def read_document(
     """
     extra: dict[str, Any] = {"VersionId": version_id} if version_id else {}
     try:
-        head = client("s3").head_object(Bucket=bucket, Key=key, **extra)
+        size = int(client("s3").head_object(Bucket=bucket, Key=key, **extra)["ContentLength"])
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in {"404", "NoSuchKey", "NoSuchVersion"}:
-            raise InvalidDocumentError(key, "the object no longer exists in S3") from exc
+        _raise_if_gone(key, exc)
         raise
-    size = int(head["ContentLength"])
-    if size > max_bytes:
-        raise InvalidDocumentError(
-            key, f"the file is {size} bytes, over the {max_bytes}-byte limit (MAX_DOCUMENT_BYTES)"
-        )
-    obj = client("s3").get_object(Bucket=bucket, Key=key, **extra)
-    body: bytes = obj["Body"].read()
-    etag = obj.get("ETag")
-    return body, etag.strip('"') if etag else None
+    return read_upload(bucket, key, version_id, size=size, max_bytes=max_bytes)
+
+
+def _raise_if_gone(key: str, exc: ClientError) -> None:
+    code = exc.response.get("Error", {}).get("Code", "")
+    if code in {"404", "NoSuchKey", "NoSuchVersion"}:
+        raise InvalidDocumentError(key, "the object no longer exists in S3") from exc
 
 
 def read_upload(
@@ -62,9 +59,7 @@ def read_upload(
     try:
         obj = client("s3").get_object(Bucket=bucket, Key=key, **extra)
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in {"404", "NoSuchKey", "NoSuchVersion"}:
-            raise InvalidDocumentError(key, "the object no longer exists in S3") from exc
+        _raise_if_gone(key, exc)
         raise
     body: bytes = obj["Body"].read(max_bytes + 1)
     if len(body) > max_bytes:

@@ -65,7 +65,11 @@ def build_and_upload_jsonl(
             model=job.model,
             dimensions=request_dimensions(job.model, job.dimensions),
             directory=Path(tmp),
-            limits=limits or BatchLimits(inputs_per_request=settings.batch_inputs_per_request),
+            limits=limits
+            or BatchLimits(
+                inputs_per_request=settings.batch_inputs_per_request,
+                tokens_per_file=settings.batch_enqueued_token_cap,
+            ),
         )
         for f in planned:
             with f.path.open("rb") as fh:

@@ -1,0 +1,24 @@
+"""Helpers the tests share (imported as ``tests.utils``; fixtures stay in conftest)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import boto3
+
+from batch_embedder.pricing import cost_usd
+
+
+def ledger(output: dict[str, Any]) -> dict[str, Any]:
+    """The ledger record (usage table) of the execution whose output is ``output``."""
+    table = boto3.resource("dynamodb").Table(os.environ["USAGE_TABLE"])
+    item: dict[str, Any] = table.get_item(
+        Key={"pk": f"ledger#{output['day']}", "sk": output["job_id"]}
+    )["Item"]
+    return item
+
+
+def usd(tokens: int, per_million: Any) -> float:
+    """What ``tokens`` cost at ``per_million`` USD, as the output and the ledger carry it."""
+    return float(cost_usd(tokens, per_million))
