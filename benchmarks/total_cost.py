@@ -65,8 +65,8 @@ def page_doc(i: int, salt: str, text: str) -> bytes:
     """About 5,000 tokens of real prose (the tutorial), unique in every chunk: no cache hit
     between documents (the cache would only make ours cheaper)."""
     words = text.split()
-    start = (i * 977) % max(1, len(words) - 3600)
-    body = words[start : start + 3600]
+    start = (i * 977) % max(1, len(words) - 2600)
+    body = words[start : start + 2600]
     lines = [" ".join(body[j : j + 60]) + f" [{salt}-{i}-{j}]" for j in range(0, len(body), 60)]
     return (f"Page {i} ({salt})\n\n" + "\n".join(lines)).encode()
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import boto3
 import psycopg
 import pytest
 
 from batch_embedder.pricing import price_for
 from tests.conftest import SAMPLES
+from tests.utils import ledger
 
 pytestmark = pytest.mark.integration
 
@@ -95,10 +98,10 @@ def test_a_bad_file_and_a_prefix_over_budget_are_reported_and_the_rest_is_embedd
     for key, _ in good:
         assert by_key[key]["status"] == "embedded"
         assert by_key[key]["chunks"] == keys_with_rows(db, key)[key] > 0
-    assert by_key[f"mixed-{salt}/empty.txt"] == {
-        "key": f"mixed-{salt}/empty.txt", "status": "rejected", "chunks": 0,
-        "reason": "the file is empty (0 bytes)",
-    }  # fmt: skip
+    empty = by_key[f"mixed-{salt}/empty.txt"]
+    assert (empty["status"], empty["chunks"], empty["reason"]) == (
+        "rejected", 0, "the file is empty (0 bytes)",
+    )  # fmt: skip
     over = by_key[f"{capped}big.rst.txt"]
     assert over["status"] == "over_budget" and capped in over["reason"]
     assert keys_with_rows(db, capped) == {}
@@ -106,6 +109,22 @@ def test_a_bad_file_and_a_prefix_over_budget_are_reported_and_the_rest_is_embedd
     assert any(r.startswith(f"mixed-{salt}/empty.txt: ") for r in result.output["rejected"])
     assert any(r.startswith(f"{capped}big.rst.txt: ") for r in result.output["rejected"])
     assert result.output["documents"] == 2
+    # The ledger names the documents left out and points at every document's result and cost.
+    record = ledger(result.output)
+    assert int(record["rejected_count"]) == 2
+    assert sorted(r.split(":")[0] for r in record["rejected"]) == sorted(
+        [f"mixed-{salt}/empty.txt", f"{capped}big.rst.txt"]
+    )
+    bucket, _, key = str(record["results"]).removeprefix("s3://").partition("/")
+    lines = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().splitlines()
+    per_document = [json.loads(line) for line in lines]
+    assert {d["key"] for d in per_document} == {k for k, _ in files}
+    out = result.output
+    assert sum(d["cost_usd"] for d in per_document) == pytest.approx(out["cost_usd"], abs=1e-8)
+    assert sum(d["aws_cost_usd"] for d in per_document) == pytest.approx(
+        out["aws_cost_usd"], abs=1e-8
+    )
+    assert all(d["cost_usd"] == 0 for d in per_document if d["status"] != "embedded")
 
 
 def test_a_group_of_only_bad_files_fails_naming_each_file(stack: Any) -> None:

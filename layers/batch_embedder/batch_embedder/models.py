@@ -285,6 +285,10 @@ class DocumentResult(Contract):
     status: Literal["embedded", "rejected", "over_budget", "deleted"]
     chunks: int = 0
     reason: str | None = None
+    tokens: int = Field(default=0, description="its chunks' tokens (cache hits included)")
+    cost_usd: float = Field(default=0.0, description="its share of the OpenAI cost, by tokens")
+    aws_cost_usd: float = Field(default=0.0, description="its share of the AWS cost (equal)")
+    naive_cost_usd: float = Field(default=0.0, description="its chunks at the standard price")
 
 
 class JobSummary(Contract):

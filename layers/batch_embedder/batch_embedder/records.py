@@ -114,3 +114,8 @@ class LedgerRecord(Record):
     sfn_transitions: int = 0
     lambda_requests: int = 0
     lambda_gb_seconds: float = 0.0
+    rejected_count: int = Field(default=0, description="documents left out (bad, over budget)")
+    rejected: list[str] = Field(default_factory=list, description="'key: reason', first 20")
+    results: str = Field(
+        default="", description="s3:// URI of every document's result and cost (JSONL)"
+    )

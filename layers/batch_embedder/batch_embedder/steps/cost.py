@@ -70,10 +70,31 @@ def _results(job: WrittenJob) -> list[DocumentResult]:
             reason = f"prefix {o.prefix} is over its daily token budget (PrefixTokenLimits)"
             results.append(DocumentResult(key=o.key, status="over_budget", reason=reason))
         elif o.status == "accepted":
-            results.append(DocumentResult(key=o.key, status="embedded", chunks=o.chunks))
+            results.append(
+                DocumentResult(key=o.key, status="embedded", chunks=o.chunks, tokens=o.tokens)
+            )
         else:
             results.append(DocumentResult(key=o.key, status=o.status, reason=o.reason))
     return results
+
+
+def _with_costs(
+    results: list[DocumentResult], openai_usd: float, aws_usd: float, standard_per_million: float
+) -> list[DocumentResult]:
+    """Each document's share: OpenAI by its tokens, AWS equally, naive at the standard price."""
+    embedded = [r for r in results if r.status == "embedded"]
+    tokens = sum(r.tokens for r in embedded) or 1
+    share = aws_usd / max(1, len(results))
+    return [
+        r.model_copy(
+            update={
+                "cost_usd": usd(openai_usd * r.tokens / tokens) if r.status == "embedded" else 0.0,
+                "aws_cost_usd": usd(share),
+                "naive_cost_usd": usd(r.tokens * standard_per_million / 1_000_000),
+            }
+        )
+        for r in results
+    ]
 
 
 def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
@@ -81,7 +102,9 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
 
     Batch API tokens are priced at the batch price, synchronous ones at the standard price;
     cached content costs nothing. Writes one :class:`LedgerRecord` (USD rounded to 9
-    decimals). Idempotent: a retry commits nothing twice and overwrites the same record.
+    decimals; the documents left out by name) and every document's result and cost share
+    to ``results/<day>/<job>.jsonl`` (:class:`DocumentResult`), which the record points at.
+    Idempotent: a retry commits nothing twice and overwrites the same record.
 
     Returns:
         The summary the execution ends with, listing each document's result.
@@ -118,6 +141,7 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
         + metering.snapshot()
     )
     aws_cost = usd(aws.cost_usd())
+    results = _with_costs(results, float(cost), aws_cost, float(price.standard))
     day = job.reservation.day if job.reservation is not None else budget.utc_day()
     embedded = [r for r in results if r.status == "embedded"]
     rejected = [f"{r.key}: {r.reason}" for r in results if r.status in ("rejected", "over_budget")]
@@ -150,9 +174,13 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
         aws=aws,
         results=results[:MAX_RESULTS],
     )
+    results_key = f"results/{day}/{job.job_id}.jsonl"  # kept: jobs/ expires after 14 days
+    s3.write_jsonl(settings.work_bucket, results_key, (r.model_dump() for r in results))
     record = LedgerRecord(
         **summary.model_dump(
             include={
+                "rejected_count",
+                "rejected",
                 "job_id",
                 "day",
                 "model",
@@ -169,7 +197,7 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
                 "tokens_saved",
                 "cost_avoided_usd",
             }
-        ),  # fmt: skip
+        ),
         source=f"s3://{job.bucket}/{job.source}",
         status="SUCCEEDED",
         prefix=common_prefix([r.key for r in results]),
@@ -178,6 +206,7 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
         sfn_transitions=aws.sfn_transitions,
         lambda_requests=aws.lambda_requests,
         lambda_gb_seconds=aws.lambda_gb_seconds,
+        results=f"s3://{settings.work_bucket}/{results_key}",
     )
     jobs.put_ledger_record(settings.usage_table, day, job.job_id, record.model_dump())
     jobs.mark_finished(
