@@ -22,3 +22,9 @@ def ledger(output: dict[str, Any]) -> dict[str, Any]:
 def usd(tokens: int, per_million: Any) -> float:
     """What ``tokens`` cost at ``per_million`` USD, as the output and the ledger carry it."""
     return float(cost_usd(tokens, per_million))
+
+
+def brief(result: dict[str, Any] | None) -> dict[str, Any]:
+    """A document's result without its cost shares: key, status, chunks (and reason)."""
+    assert result is not None, "no result for that document"
+    return {k: result[k] for k in ("key", "status", "chunks", "reason") if k in result}

@@ -14,7 +14,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from batch_embedder import models
+from batch_embedder import models, service_models
 from batch_embedder.steps.batch import TERMINAL, overall_status, to_ref
 from batch_embedder_local.events import ALL_FILES, FILES, SCHEDULES
 from batch_embedder_local.pipe import render_input_template
@@ -48,7 +48,9 @@ def handler_model(logical: str) -> type[BaseModel]:
     code = ROOT / TEMPLATE["Resources"][logical]["Properties"]["CodeUri"] / "app.py"
     found = re.search(r"step_handler\((\w+)\)", code.read_text(encoding="utf-8"))
     assert found, f"{code}: no step_handler(Model)"
-    model: type[BaseModel] = getattr(models, found.group(1))
+    model: type[BaseModel] = getattr(models, found.group(1), None) or getattr(
+        service_models, found.group(1)
+    )
     return model
 
 
@@ -140,7 +142,7 @@ def test_workflow_inputs_are_what_the_pipe_makes() -> None:
 
 
 def test_wait_event_carries_a_task_token_and_the_submitted_job() -> None:
-    wait = models.WaitRequest.model_validate(load("wait_for_batches.json"))
+    wait = service_models.WaitRequest.model_validate(load("wait_for_batches.json"))
     job = models.SubmittedJob.model_validate(wait.job)
     assert job.batches and job.create_status == "created"
     added = {"aws", "batches", "create_status", "wait_seconds"}  # what CreateBatch adds
@@ -232,11 +234,11 @@ def test_failure_and_scheduled_events_replay(stack: Any) -> None:
     failure = invoke(stack, "RecordFailureFunction", load("record_failure.json"))
     assert failure["failed_state"] == "InvalidDocument"
     assert "docs/empty.txt" in failure["cause"]
-    reconciled = models.ReconcileResult.model_validate(
+    reconciled = service_models.ReconcileResult.model_validate(
         invoke(stack, "ReconcileBatchesFunction", load("reconcile_batches.json"))
     )
     assert reconciled.finished <= reconciled.open_batches
-    models.SweepResult.model_validate(
+    service_models.SweepResult.model_validate(
         invoke(stack, "SweepReservationsFunction", load("sweep_reservations.json"))
     )
 

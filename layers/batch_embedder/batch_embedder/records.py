@@ -3,6 +3,8 @@
 - :class:`ChunkRow`: one line of a group's chunk manifest (``jobs/<job>/chunks.jsonl``).
 - :class:`EmbedRow`: one distinct content to embed (``jobs/<job>/embed.jsonl``).
 - :class:`DocumentOutcome`: what became of one upload (``jobs/<job>/documents.jsonl``).
+- :class:`BatchOutputLine`: one line of a batch output/error file, or of the synchronous
+  path's output (the same shape).
 - :class:`LedgerRecord`: one group's cost (usage table, ``pk = ledger#<day>``).
 
 Money is USD as floats rounded to 9 decimals; tokens are cl100k_base tokens.
@@ -13,6 +15,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal
 
+from openai.types.create_embedding_response import Usage
 from pydantic import BaseModel, ConfigDict, Field
 
 MONEY_DECIMALS = 9
@@ -64,6 +67,56 @@ class EmbedRow(Record):
     def needed(self, excluded: set[str]) -> bool:
         """Whether a document outside the ``excluded`` prefixes still needs this content."""
         return not excluded or any(p not in excluded for p in self.prefixes)
+
+
+class EmbeddingItem(Record):
+    """One vector of an embeddings response: base64 little-endian float32 (what the SDK and
+    the batch lines ask for) or a list of floats."""
+
+    index: int = Field(ge=0)
+    embedding: str | list[float]
+
+
+class EmbeddingsBody(Record):
+    """The body of a ``/v1/embeddings`` response, as in the SDK's
+    ``CreateEmbeddingResponse`` but with base64 vectors allowed; ``usage`` is the SDK's."""
+
+    model: str = ""
+    data: list[EmbeddingItem]
+    usage: Usage
+
+
+class OutputResponse(Record):
+    """The ``response`` of an output line: the HTTP status and its body."""
+
+    status_code: int
+    request_id: str | None = None
+    body: EmbeddingsBody | dict[str, object] | None = None
+
+
+class BatchOutputLine(Record):
+    """One line of a batch output or error file
+    (https://platform.openai.com/docs/guides/batch): matched by ``custom_id``, never by
+    position."""
+
+    id: str | None = None
+    custom_id: str
+    response: OutputResponse | None = None
+    error: dict[str, object] | None = None
+
+    @property
+    def embeddings(self) -> EmbeddingsBody | None:
+        """The embeddings of a successful line (status 200, no error), else None."""
+        if self.error or self.response is None or self.response.status_code != 200:
+            return None
+        body = self.response.body
+        return body if isinstance(body, EmbeddingsBody) else None
+
+    @property
+    def billed_tokens(self) -> int:
+        """Tokens this line was billed for (0 for a failed line)."""
+        body = self.embeddings
+        return body.usage.total_tokens if body is not None else 0
 
 
 DocumentStatus = Literal["accepted", "rejected", "deleted"]

@@ -11,8 +11,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from ..aws import budget, s3
 from ..errors import BudgetExceededError
 from ..metrics import emit
-from ..models import BudgetDecision, ChunkedJob, ScheduledEvent, SweepResult
+from ..models import BudgetDecision, ChunkedJob
 from ..records import EmbedRow
+from ..service_models import ScheduledEvent, SweepResult
 from ..settings import Settings
 
 logger = Logger(child=True)

@@ -38,16 +38,15 @@ from ..aws.clients import client
 from ..aws.registry import BatchRegistry, RegisteredBatch
 from ..aws.secrets import webhook_secret
 from ..metrics import emit
-from ..models import (
-    BatchesOutcome,
+from ..models import BatchesOutcome, SubmittedJob
+from ..openai_client import get_client
+from ..service_models import (
     FunctionUrlRequest,
     ReconcileResult,
     ScheduledEvent,
-    SubmittedJob,
     WaitAck,
     WaitRequest,
 )
-from ..openai_client import get_client
 from ..settings import Settings
 from .batch import TERMINAL, overall_status, release_queue, to_ref
 

@@ -21,7 +21,7 @@ from ..metrics import emit
 from ..models import BatchRef, FailedState, FailureInput, FailureOutcome
 from ..openai_client import get_client
 from ..openai_files import iter_jsonl_file
-from ..records import LedgerRecord, usd
+from ..records import BatchOutputLine, LedgerRecord, usd
 from ..settings import Settings
 from .batch import TERMINAL, release_queue, to_ref
 from .chunk import describe
@@ -93,8 +93,7 @@ def _billed_tokens(
             billed += int(usage.input_tokens)
         elif batch.output_file_id:
             for record in iter_jsonl_file(client, batch.output_file_id):
-                body = (record.get("response") or {}).get("body") or {}
-                billed += int((body.get("usage") or {}).get("total_tokens", 0))
+                billed += BatchOutputLine.model_validate(record).billed_tokens
     return billed, refs, details
 
 

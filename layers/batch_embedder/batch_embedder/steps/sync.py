@@ -9,6 +9,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
+from openai.types.create_embedding_response import Usage
 
 from ..aws import s3
 from ..batch_files import BatchLimits, custom_id, pack_requests, parse_custom_id
@@ -16,7 +17,13 @@ from ..metrics import emit
 from ..models import S3Location, SyncOutput, WriteInput
 from ..openai_client import get_client
 from ..openai_files import iter_jsonl_file
-from ..records import EmbedRow
+from ..records import (
+    BatchOutputLine,
+    EmbeddingItem,
+    EmbeddingsBody,
+    EmbedRow,
+    OutputResponse,
+)
 from ..settings import Settings, request_dimensions
 from ..sync_embed import bucket_for, embed_sync
 
@@ -42,8 +49,9 @@ def _done_in_batches(job: WriteInput, settings: Settings) -> set[int]:
         if not batch.output_file_id:
             continue
         for record in iter_jsonl_file(client, batch.output_file_id):
-            if (record.get("response") or {}).get("status_code") == 200:
-                _, first, end = parse_custom_id(str(record["custom_id"]))
+            line = BatchOutputLine.model_validate(record)
+            if line.embeddings is not None:
+                _, first, end = parse_custom_id(line.custom_id)
                 done.update(range(first, end))
     return done
 
@@ -107,25 +115,23 @@ def embed_sync_step(job: WriteInput, settings: Settings) -> WriteInput:
                 totals["rate_limited"] += result.rate_limited
                 totals["waited"] += result.waited_seconds
                 first = request[0][0]
-                yield {
-                    "custom_id": custom_id(job.job_id, first, first + len(request)),
-                    "response": {
-                        "status_code": 200,
-                        "body": {
-                            "object": "list",
-                            "model": job.model,
-                            "data": [
-                                {"object": "embedding", "index": i, "embedding": _b64(v)}
+                yield BatchOutputLine(
+                    custom_id=custom_id(job.job_id, first, first + len(request)),
+                    response=OutputResponse(
+                        status_code=200,
+                        body=EmbeddingsBody(
+                            model=job.model,
+                            data=[
+                                EmbeddingItem(index=i, embedding=_b64(v))
                                 for i, v in enumerate(result.vectors)
                             ],
-                            "usage": {
-                                "prompt_tokens": result.billed_tokens,
-                                "total_tokens": result.billed_tokens,
-                            },
-                        },
-                    },
-                    "error": None,
-                }
+                            usage=Usage(
+                                prompt_tokens=result.billed_tokens,
+                                total_tokens=result.billed_tokens,
+                            ),
+                        ),
+                    ),
+                ).model_dump(exclude_none=True)
 
     phase = "fallback" if fallback else "urgent"
     location = S3Location(bucket=settings.work_bucket, key=sync_output_key(job.job_id, phase))

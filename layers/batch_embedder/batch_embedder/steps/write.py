@@ -19,7 +19,7 @@ from ..metrics import emit
 from ..models import WriteInput, WriteResult, WrittenJob
 from ..openai_client import get_client
 from ..openai_files import decode_embedding, iter_jsonl_file
-from ..records import ChunkRow, DocumentOutcome, EmbedRow
+from ..records import BatchOutputLine, ChunkRow, DocumentOutcome, EmbedRow
 from ..settings import Settings
 
 logger = Logger(child=True)
@@ -37,26 +37,25 @@ class _OutputReader:
     def vectors(
         self, records: Iterator[dict[str, Any]]
     ) -> Iterator[tuple[str, np.ndarray[Any, Any]]]:
-        for record in records:
-            job_id, first, end = parse_custom_id(str(record["custom_id"]))
+        for raw in records:
+            line = BatchOutputLine.model_validate(raw)
+            job_id, first, end = parse_custom_id(line.custom_id)
             if job_id != self.job_id:
-                raise ValueError(f"output line of another job: {record['custom_id']!r}")
-            response = record.get("response") or {}
-            if record.get("error") or response.get("status_code") != 200:
+                raise ValueError(f"output line of another job: {line.custom_id!r}")
+            body = line.embeddings
+            if body is None:
                 self.failed_requests += 1
                 continue
-            body = response["body"]
-            self.billed_tokens += int(body["usage"]["total_tokens"])
-            data = body["data"]
-            if len(data) != end - first:
+            self.billed_tokens += body.usage.total_tokens
+            if len(body.data) != end - first:
                 raise ValueError(
-                    f"{record['custom_id']}: {len(data)} vectors for {end - first} inputs"
+                    f"{line.custom_id}: {len(body.data)} vectors for {end - first} inputs"
                 )
-            for item in data:
-                seq = first + int(item["index"])
+            for item in body.data:
+                seq = first + item.index
                 if not first <= seq < end or seq not in self.seq_to_sha:
-                    raise ValueError(f"{record['custom_id']}: index {item['index']} out of range")
-                yield self.seq_to_sha[seq], decode_embedding(item["embedding"])
+                    raise ValueError(f"{line.custom_id}: index {item.index} out of range")
+                yield self.seq_to_sha[seq], decode_embedding(item.embedding)
 
 
 def fetch_and_write(job: WriteInput, settings: Settings) -> WrittenJob:
