@@ -48,6 +48,33 @@ def _parse_params(values: list[str]) -> dict[str, str]:
     return params
 
 
+def _parse_emulator(values: list[str]) -> dict[str, Any]:
+    """``--emulator KEY=VALUE`` switches: any ``EmulatorConfig`` field (``webhook_drop=true``,
+    ``fail_next_requests_429=3``, ``batch_outcome=expired``); values are JSON when they
+    parse as JSON, else strings.
+
+    Raises:
+        SystemExit: a switch is not NAME=VALUE or names no field of the emulator.
+    """
+    from .openai_server import EmulatorConfig
+
+    switches: dict[str, Any] = {}
+    for value in values:
+        name, sep, raw = value.partition("=")
+        if not sep:
+            raise SystemExit(f"batch-embedder: --emulator {value!r} is not NAME=VALUE")
+        if name not in EmulatorConfig.model_fields:
+            raise SystemExit(
+                f"batch-embedder: --emulator {name}: no such switch; see EmulatorConfig in "
+                "local/batch_embedder_local/openai_server/config.py"
+            )
+        try:
+            switches[name] = json.loads(raw)
+        except ValueError:
+            switches[name] = raw
+    return switches
+
+
 def _totals(results: list[ExecutionResult]) -> dict[str, Any]:
     """Sums over the executions (money: USD rounded to 9 decimals)."""
     rows = [r.as_dict() for r in results]
@@ -144,6 +171,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         home,
         parameters=_parse_params(args.param),
         openai=args.openai,
+        emulator_config=_parse_emulator(args.emulator),
         log_file=home / "lambda.log",
     ) as stack:
         events = [stack.upload(key, path.read_bytes()) for key, path in files]
@@ -225,6 +253,8 @@ def cmd_openai_server(args: argparse.Namespace) -> int:
     argv = ["--port", str(args.port)]
     if args.data_dir:
         argv += ["--data-dir", args.data_dir]
+    if args.emulator:
+        argv += ["--config", json.dumps(_parse_emulator(args.emulator))]
     return int(server_main(argv) or 0)
 
 
@@ -258,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=3600, help="seconds to wait (default 3600)"
     )
     ingest.add_argument("--quiet", action="store_true", help="no live progress on stderr")
+    ingest.add_argument(
+        "--emulator",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an emulator switch (any EmulatorConfig field), e.g. webhook_drop=true",
+    )
     ingest.set_defaults(func=cmd_ingest)
 
     search = lsub.add_parser("search", help="nearest chunks to a query")
@@ -286,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     server = lsub.add_parser("openai-server", help="run the OpenAI-compatible emulator")
     server.add_argument("--port", type=int, default=8787)
     server.add_argument("--data-dir")
+    server.add_argument(
+        "--emulator",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a switch (any EmulatorConfig field), e.g. webhook_forge=true",
+    )
     server.set_defaults(func=cmd_openai_server)
     return parser
 

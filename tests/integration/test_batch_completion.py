@@ -103,6 +103,11 @@ def test_a_webhook_delivered_three_times_completes_once(
     )  # fmt: skip
     assert len({d["event_id"] for d in deliveries}) == 1
     assert [d["status_code"] for d in deliveries] == [200, 200, 200]
+    # Nothing of the group stays at OpenAI: input file deleted once the batch ended, output
+    # (and error) file once every vector was stored and every token counted.
+    batch = group_batch(stack, arn)
+    for file_id in (batch.input_file_id, batch.output_file_id, batch.error_file_id):
+        assert file_id is None or emulator.files.get(file_id) is None, file_id
 
 
 def test_a_webhook_before_the_token_was_stored_completes_once(

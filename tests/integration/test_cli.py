@@ -99,3 +99,18 @@ def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
     proc = cli("local", "ingest", str(tmp_path / "nope"), home=tmp_path)
     assert proc.returncode != 0
     assert "no such file or folder" in proc.stderr
+
+
+def test_emulator_switches_reproduce_a_lost_webhook_from_the_command_line(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "errors.rst.txt").write_bytes((SAMPLES / "errors.rst.txt").read_bytes())
+    # Every webhook lost: the local reconciler (every few seconds) ends the wait instead.
+    proc = cli("local", "ingest", str(docs), "--json", "--emulator", "webhook_drop=true",
+               home=tmp_path / "home")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    [group] = json.loads(proc.stdout)["executions"]
+    assert group["status"] == "SUCCEEDED" and group["batches"] == 1
+    bad = cli("local", "ingest", str(docs), "--emulator", "no_such_switch=1",
+              home=tmp_path / "home")  # fmt: skip
+    assert bad.returncode != 0 and "no_such_switch: no such switch" in bad.stderr

@@ -24,3 +24,23 @@ def decode_embedding(value: str | list[float]) -> np.ndarray[Any, np.dtype[np.fl
     if isinstance(value, str):
         return np.frombuffer(base64.b64decode(value), dtype="<f4").astype(np.float32)
     return np.asarray(value, dtype=np.float32)
+
+
+def delete_files(client: openai.OpenAI, file_ids: list[str | None]) -> int:
+    """Delete files at OpenAI, best effort: a file already gone, or an error, is skipped
+    (files with purpose ``batch`` expire after 30 days anyway:
+    https://platform.openai.com/docs/api-reference/files).
+
+    Returns:
+        Files deleted.
+    """
+    deleted = 0
+    for file_id in file_ids:
+        if not file_id:
+            continue
+        try:
+            client.files.delete(file_id)
+            deleted += 1
+        except openai.APIError:
+            continue
+    return deleted

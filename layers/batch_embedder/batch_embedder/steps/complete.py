@@ -40,6 +40,7 @@ from ..aws.secrets import webhook_secret
 from ..metrics import emit
 from ..models import BatchesOutcome, SubmittedJob
 from ..openai_client import get_client
+from ..openai_files import delete_files
 from ..service_models import (
     FunctionUrlRequest,
     ReconcileResult,
@@ -116,8 +117,8 @@ def _billed(batch: Batch) -> int | None:
 
 
 def record_batch(settings: Settings, batch: Batch) -> bool:
-    """Record a retrieved batch; when it is terminal, free its queue tokens and complete its
-    group if it was the last one.
+    """Record a retrieved batch; when it is terminal, free its queue tokens, delete its input
+    file at OpenAI, and complete its group if it was the last one.
 
     Returns:
         True if this ended a group's wait.
@@ -130,6 +131,7 @@ def record_batch(settings: Settings, batch: Batch) -> bool:
         logger.warning("terminal batch not in the registry: ignored", extra={"batch": batch.id})
         return False
     release_queue(settings, registered.owner, registered.model, [registered.input_file_id])
+    delete_files(get_client(settings), [batch.input_file_id])  # nothing reads it any more
     return complete_if_done(settings, registered.owner)
 
 
