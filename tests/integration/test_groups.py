@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -12,8 +13,9 @@ import boto3
 import psycopg
 import pytest
 
+from batch_embedder.aws import budget
 from batch_embedder.pricing import price_for
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, fresh
 from tests.utils import ledger
 
 pytestmark = pytest.mark.integration
@@ -138,3 +140,35 @@ def test_a_group_of_only_bad_files_fails_naming_each_file(stack: Any) -> None:
     cause = results[0].cause or ""
     assert f"bad-{salt}/empty.txt" in cause and f"bad-{salt}/binary.txt" in cause
     assert "empty" in cause
+
+
+def test_a_failed_batch_after_urgent_documents_commits_what_the_sync_part_billed(
+    stack: Any, emulator: Any, monkeypatch: Any
+) -> None:
+    """billed == committed == ledger: the synchronous part of a failed group is counted."""
+    salt = uuid.uuid4().hex[:8]
+    monkeypatch.setenv("SYNC_PREFIXES", f"urgent-{salt}/")
+    monkeypatch.setenv("SYNC_FALLBACK", "false")
+    emulator.update_config(batch_outcome="failed")
+    day = budget.utc_day()
+    before = budget.get_counter(os.environ["USAGE_TABLE"], day, f"model:{MODEL}")
+    billed_before = emulator.stats()
+    files = [
+        (f"urgent-{salt}/now.rst.txt", fresh("whatnow.rst.txt", salt)),
+        (f"later-{salt}/page.rst.txt", fresh("appetite.rst.txt", salt)),
+    ]
+    [result] = stack.ingest(files, timeout=300)
+    assert result.status == "FAILED" and result.failed_state == "BatchFailed"
+    assert "EmbedSync" in result.states  # the urgent part was bought before the batch failed
+    billed = emulator.stats()
+    sync_billed = billed["sync_billed_tokens"] - billed_before["sync_billed_tokens"]
+    batch_billed = billed["batch_billed_tokens"] - billed_before["batch_billed_tokens"]
+    assert sync_billed > 0
+    after = budget.get_counter(os.environ["USAGE_TABLE"], day, f"model:{MODEL}")
+    committed = after["committed_tokens"] - before["committed_tokens"]
+    assert committed == sync_billed + batch_billed
+    assert after["reserved_tokens"] == before["reserved_tokens"]  # nothing left reserved
+    job_id = result.execution_arn.rsplit(":", 1)[-1]
+    record = ledger({"day": day, "job_id": job_id})
+    assert int(record["tokens"]) == committed
+    assert record["status"] == "FAILED"

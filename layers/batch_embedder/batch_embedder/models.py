@@ -348,6 +348,7 @@ class FailureInput(Metered):
     batch_files: list[BatchFile] | None = None
     batches: list[BatchRef] | None = None
     outcome: BatchesOutcome | None = None
+    sync_outputs: list[SyncOutput] = Field(default_factory=list)
     error: CaughtError | None = None
 
 

@@ -139,11 +139,13 @@ def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
         state = BATCH_STATES.get(status, "PipelineError")
         error = state
         cause = _batch_cause(key, status, refs, details)
+    # Tokens bought through the synchronous API (urgent documents) are billed too.
+    sync_billed = sum(o.billed_tokens for o in failure.sync_outputs)
     released, committed = budget.settle(
         jobs_table=settings.jobs_table,
         usage_table=settings.usage_table,
         job_id=failure.job_id,
-        billed_tokens=billed,
+        billed_tokens=billed + sync_billed,
         outcome="released",
     )
     model = failure.model or settings.embedding_model
@@ -152,7 +154,12 @@ def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
     if failure.outcome is not None:
         aws = aws + failure.outcome.aws
     item = jobs.get_job(settings.jobs_table, failure.job_id)
-    cost = pricing.breakdown(model, committed)
+    price = pricing.price_for(model)
+    sync_part = min(sync_billed, committed)
+    openai_usd = pricing.cost_usd(committed - sync_part, price.batch) + pricing.cost_usd(
+        sync_part, price.standard
+    )
+    standard_usd = pricing.cost_usd(committed, price.standard)
     day = str(item.get("reservation_day") or budget.utc_day())
     aws_cost = usd(aws.cost_usd())
     record = LedgerRecord(
@@ -161,17 +168,19 @@ def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
         day=day,
         model=model,
         status="FAILED",
-        api="batch",
+        api="sync+batch"
+        if sync_part and committed > sync_part
+        else ("sync" if sync_part else "batch"),
         prefix=common_prefix([key]),
         batches=len(refs),
         tokens=committed,
-        price_per_million_usd=float(pricing.price_for(model).batch),
-        cost_usd=usd(cost.batch_usd),
+        price_per_million_usd=float(price.standard if sync_part == committed > 0 else price.batch),
+        cost_usd=usd(openai_usd),
         aws_cost_usd=aws_cost,
-        total_cost_usd=usd(float(cost.batch_usd) + aws_cost),
-        standard_cost_usd=usd(cost.standard_usd),
-        saved_usd=usd(cost.saved_usd),
-        naive_cost_usd=usd(cost.standard_usd),
+        total_cost_usd=usd(float(openai_usd) + aws_cost),
+        standard_cost_usd=usd(standard_usd),
+        saved_usd=usd(standard_usd - openai_usd),
+        naive_cost_usd=usd(standard_usd),
         lambda_requests=aws.lambda_requests,
         lambda_gb_seconds=aws.lambda_gb_seconds,
     )
