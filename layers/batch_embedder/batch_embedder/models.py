@@ -321,8 +321,9 @@ class JobSummary(Contract):
     cost_avoided_usd: float = 0.0
     aws: AwsUsage = Field(default_factory=AwsUsage)
     results: list[DocumentResult] = Field(
-        default_factory=list, description="per document (first 1,000)"
+        default_factory=list, description="per document, as many as fit in 100 KB"
     )
+    results_file: str = Field(default="", description="s3:// URI of every document's result")
 
 
 class CaughtError(Contract):

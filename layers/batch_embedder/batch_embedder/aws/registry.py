@@ -173,8 +173,16 @@ class BatchRegistry:
                 return found
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
+    def handled(self, webhook_id: str) -> bool:
+        """Whether a delivery with this ``webhook-id`` was handled before."""
+        item = ddb().get_item(
+            TableName=self.table, Key={"job_id": f"webhook#{webhook_id}"}, ConsistentRead=True
+        )
+        return "Item" in item
+
     def first_delivery(self, webhook_id: str) -> bool:
-        """Remember a webhook delivery; False when this ``webhook-id`` was handled before."""
+        """Remember a handled webhook delivery; False when this ``webhook-id`` was already
+        remembered (a repeat handled concurrently)."""
         try:
             ddb().put_item(
                 TableName=self.table,

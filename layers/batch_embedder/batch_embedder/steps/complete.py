@@ -186,10 +186,14 @@ def receive_webhook(event: FunctionUrlRequest, settings: Settings) -> WebhookRes
     if registry.get(batch_id) is None:
         logger.info("webhook for a batch this deployment does not know", extra={"batch": batch_id})
         return WebhookResponse.of(200, "unknown batch")
-    if webhook_id and not registry.first_delivery(webhook_id):
+    if webhook_id and registry.handled(webhook_id):
         emit("webhook_repeats", 1, MetricUnit.Count)
         return WebhookResponse.of(200, "duplicate")
+    # Remembered only once handled: a delivery that fails midway (OpenAI unreachable) is
+    # retried by OpenAI and handled again; handling twice is harmless (idempotent).
     record_batch(settings, api.batches.retrieve(batch_id))
+    if webhook_id:
+        registry.first_delivery(webhook_id)
     return WebhookResponse.of(200, "ok")
 
 

@@ -30,8 +30,10 @@ from ..settings import Settings
 
 logger = Logger(child=True)
 
-#: Documents listed one by one in the execution's output (the rest are counted).
-MAX_RESULTS = 1000
+#: Bytes of per-document results the execution's output may carry: the state payload is
+#: capped at 256 KB (https://docs.aws.amazon.com/step-functions/latest/dg/limits-overview.html);
+#: every result is also in ``results/<day>/<job>.jsonl``.
+MAX_RESULTS_BYTES = 100_000
 #: SQS messages one ReceiveMessage returns at most (what a pipe asks for).
 SQS_RECEIVE_BATCH = 10
 
@@ -99,6 +101,18 @@ def _with_costs(
     ]
 
 
+def _fitting(results: list[DocumentResult], max_bytes: int) -> list[DocumentResult]:
+    """The first results whose JSON fits in ``max_bytes``."""
+    kept: list[DocumentResult] = []
+    size = 0
+    for r in results:
+        size += len(r.model_dump_json(exclude_none=True)) + 1
+        if size > max_bytes:
+            break
+        kept.append(r)
+    return kept
+
+
 def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
     """Settle the reservation with the billed tokens and record what the group cost.
 
@@ -146,6 +160,7 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
     aws_cost = usd(aws.cost_usd())
     results = _with_costs(results, float(cost), aws_cost, float(price.standard))
     day = job.reservation.day if job.reservation is not None else budget.utc_day()
+    results_key = f"results/{day}/{job.job_id}.jsonl"  # kept: jobs/ expires after 14 days
     embedded = [r for r in results if r.status == "embedded"]
     rejected = [f"{r.key}: {r.reason}" for r in results if r.status in ("rejected", "over_budget")]
     summary = JobSummary(
@@ -175,9 +190,9 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
         tokens_saved=cached_tokens,
         cost_avoided_usd=usd(pricing.cost_usd(cached_tokens, price.batch)),
         aws=aws,
-        results=results[:MAX_RESULTS],
+        results=_fitting(results, MAX_RESULTS_BYTES),
+        results_file=f"s3://{settings.work_bucket}/{results_key}",
     )
-    results_key = f"results/{day}/{job.job_id}.jsonl"  # kept: jobs/ expires after 14 days
     s3.write_jsonl(settings.work_bucket, results_key, (r.model_dump() for r in results))
     record = LedgerRecord(
         **summary.model_dump(
