@@ -28,3 +28,17 @@ def brief(result: dict[str, Any] | None) -> dict[str, Any]:
     """A document's result without its cost shares: key, status, chunks (and reason)."""
     assert result is not None, "no result for that document"
     return {k: result[k] for k in ("key", "status", "chunks", "reason") if k in result}
+
+
+def wait_for_batch(client: Any, batch_id: str, timeout: float = 60, interval: float = 0.05) -> Any:
+    """Retrieve the batch through the SDK until it is terminal (tests only: the product
+    never polls a batch per group)."""
+    import time
+
+    from batch_embedder.steps.batch import TERMINAL
+
+    deadline = time.monotonic() + timeout
+    while (batch := client.batches.retrieve(batch_id)).status not in TERMINAL:
+        assert time.monotonic() < deadline, f"{batch_id} still {batch.status}"
+        time.sleep(interval)
+    return batch

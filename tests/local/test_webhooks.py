@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from batch_embedder_local.openai_server import EmulatorConfig, OpenAIEmulator
 from batch_embedder_local.openai_server.webhooks import DEFAULT_WEBHOOK_SECRET
+from tests.utils import wait_for_batch
 
 API_KEY = "local-test-key"
 MODEL = "text-embedding-3-small"
@@ -119,14 +120,6 @@ def _submit(client: openai.OpenAI, n: int = 2) -> Any:
     )
 
 
-def _wait_batch(client: openai.OpenAI, batch_id: str, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while (batch := client.batches.retrieve(batch_id)).status not in TERMINAL:
-        assert time.monotonic() < deadline, f"batch stuck in {batch.status}"
-        time.sleep(0.01)
-    return batch
-
-
 def test_completed_batch_sends_one_verified_event(
     emu: OpenAIEmulator, client: openai.OpenAI, receiver: Receiver
 ) -> None:
@@ -134,7 +127,7 @@ def test_completed_batch_sends_one_verified_event(
     # Set after the batch started: the sender reads the current config when the batch ends.
     emu.update_config(webhook_url=receiver.url, webhook_secret=SECRET)
     log = emu.wait_for_webhooks(1)
-    assert _wait_batch(client, batch.id).status == "completed"
+    assert wait_for_batch(client, batch.id, timeout=5.0, interval=0.01).status == "completed"
     got = receiver.got()
     assert len(got) == 1
     headers, body = got[0]
@@ -207,7 +200,7 @@ def test_dropped_events_are_logged_not_sent(
 
 def test_no_url_no_webhook(emu: OpenAIEmulator, client: openai.OpenAI) -> None:
     batch = _submit(client)
-    _wait_batch(client, batch.id)
+    wait_for_batch(client, batch.id, timeout=5.0, interval=0.01)
     time.sleep(0.05)
     assert emu.webhook_deliveries == []
 
@@ -260,7 +253,7 @@ def test_terminal_status_event_types(
     if status == "cancelled":
         client.batches.cancel(batch.id)
     emu.wait_for_webhooks(1)
-    assert _wait_batch(client, batch.id).status == status
+    assert wait_for_batch(client, batch.id, timeout=5.0, interval=0.01).status == status
     [(headers, body)] = receiver.got()
     event = client.webhooks.unwrap(body, headers, secret=SECRET)
     assert event.type == f"batch.{status}"
@@ -280,10 +273,10 @@ def test_delay_and_reorder_send_newest_first(
     t0 = time.monotonic()
     first = _submit(client)
     client.batches.cancel(first.id)
-    _wait_batch(client, first.id)
+    wait_for_batch(client, first.id, timeout=5.0, interval=0.01)
     second = _submit(client)
     client.batches.cancel(second.id)
-    _wait_batch(client, second.id)
+    wait_for_batch(client, second.id, timeout=5.0, interval=0.01)
     assert receiver.got() == []  # still held
     log = emu.wait_for_webhooks(2)
     assert time.monotonic() - t0 >= 0.6

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from typing import Any
 
@@ -15,12 +14,13 @@ import pytest
 from pydantic import BaseModel
 
 from batch_embedder import models, service_models
-from batch_embedder.steps.batch import TERMINAL, overall_status, to_ref
+from batch_embedder.steps.batch import overall_status, to_ref
 from batch_embedder_local.events import ALL_FILES, FILES, SCHEDULES
 from batch_embedder_local.pipe import render_input_template
 from batch_embedder_local.stack import LOCAL_API_KEY
 from batch_embedder_local.template import load_template
 from tests.conftest import ROOT, fresh
+from tests.utils import wait_for_batch
 
 EVENTS = ROOT / "events"
 TEMPLATE = load_template()
@@ -154,14 +154,6 @@ def test_record_failure_event_is_an_invalid_document() -> None:
     failure = models.FailureInput.model_validate(load("record_failure.json"))
     assert failure.error is not None and failure.error.error == "InvalidDocumentError"
     assert "docs/empty.txt" in failure.error.cause
-
-
-def wait_for_batch(client: openai.OpenAI, batch_id: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while (batch := client.batches.retrieve(batch_id)).status not in TERMINAL:
-        assert time.monotonic() < deadline, f"{batch_id} still {batch.status}"
-        time.sleep(0.2)
-    return batch
 
 
 def test_events_replay_through_their_handlers_in_order(
