@@ -90,7 +90,7 @@ class Settings(BaseSettings):
 
     #: Grouping: the pipe's window (seconds) and largest group (uploads); recorded so the
     #: ledger can price the SQS and Pipes requests of a group.
-    upload_batch_window_seconds: int = Field(default=60, ge=0, le=300)
+    upload_batch_window_seconds: int = Field(default=60, ge=1, le=300)
     upload_batch_size: int = Field(default=500, ge=1, le=10_000)
 
     # Where things live
