@@ -18,7 +18,6 @@ Items (key ``job_id``):
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -197,8 +196,3 @@ class BatchRegistry:
                 return False
             raise
         return True
-
-
-def ref_json(refs: list[BatchRef]) -> str:
-    """The refs as a JSON array (for logs)."""
-    return json.dumps([r.model_dump(mode="json") for r in refs])

@@ -214,6 +214,13 @@ def overall_status(statuses: list[str]) -> BatchStatus:
     return "in_progress"
 
 
+def usage_tokens(batch: Batch) -> int | None:
+    """Tokens the batch billed, from its ``usage`` (None when the API gives none)."""
+    usage = getattr(batch, "usage", None)
+    tokens = getattr(usage, "input_tokens", None) if usage is not None else None
+    return int(tokens) if tokens is not None else None
+
+
 def to_ref(batch: Batch) -> BatchRef:
     """What the workflow keeps of a retrieved batch."""
     counts = batch.request_counts

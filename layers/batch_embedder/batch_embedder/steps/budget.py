@@ -15,6 +15,7 @@ from ..models import BudgetDecision, ChunkedJob
 from ..records import EmbedRow
 from ..service_models import ScheduledEvent, SweepResult
 from ..settings import Settings
+from .cache import api_for
 
 logger = Logger(child=True)
 
@@ -41,11 +42,7 @@ def _without(job: ChunkedJob, excluded: set[str]) -> ChunkedJob:
     ]  # fmt: skip
     sync_rows = [r for r in rows if r.urgent]
     batch_rows = [r for r in rows if not r.urgent]
-    api = "none"
-    if sync_rows and batch_rows:
-        api = "sync+batch"
-    elif rows:
-        api = "sync" if sync_rows else "batch"
+    api = api_for(len(sync_rows), len(batch_rows))
     tokens = sum(r.token_count for r in rows)
     new_plan = plan.model_copy(
         update={

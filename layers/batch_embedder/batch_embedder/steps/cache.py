@@ -35,6 +35,18 @@ class _Content:
     prefixes: set[str] = field(default_factory=set)
 
 
+Api = Literal["batch", "sync", "sync+batch", "none"]
+
+
+def api_for(sync_rows: int, batch_rows: int) -> Api:
+    """The plan's API: urgent contents go synchronous, the rest into the batch."""
+    if sync_rows and batch_rows:
+        return "sync+batch"
+    if sync_rows:
+        return "sync"
+    return "batch" if batch_rows else "none"
+
+
 def check_cache(job: ChunkedJob, settings: Settings) -> ChunkedJob:
     """Plan what to embed: distinct contents that are neither stored nor being embedded.
 
@@ -78,11 +90,7 @@ def check_cache(job: ChunkedJob, settings: Settings) -> ChunkedJob:
         for p in r.prefixes:
             if p:
                 prefix_tokens[p] = prefix_tokens.get(p, 0) + r.token_count
-    api: Literal["batch", "sync", "sync+batch", "none"] = "none"
-    if sync_rows and batch_rows:
-        api = "sync+batch"
-    elif rows:
-        api = "sync" if sync_rows else "batch"
+    api = api_for(len(sync_rows), len(batch_rows))
     tokens = sum(r.token_count for r in rows)
     hits = sum(1 for sha in per_chunk if sha in view.cached)
     plan = EmbedPlan(

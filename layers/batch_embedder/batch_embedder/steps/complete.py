@@ -19,6 +19,7 @@ by Step Functions and ignored here, so the wait ends exactly once.
 from __future__ import annotations
 
 import base64
+import json
 
 import openai
 from aws_lambda_powertools import Logger
@@ -49,7 +50,7 @@ from ..service_models import (
     WaitRequest,
 )
 from ..settings import Settings
-from .batch import TERMINAL, overall_status, release_queue, to_ref
+from .batch import TERMINAL, overall_status, release_queue, to_ref, usage_tokens
 
 logger = Logger(child=True)
 
@@ -74,7 +75,7 @@ class WebhookResponse(BaseModel):
     @classmethod
     def of(cls, status: int, message: str) -> WebhookResponse:
         """A response with ``{"message": ...}`` as its body."""
-        return cls(statusCode=status, body=f'{{"message": "{message}"}}')
+        return cls(statusCode=status, body=json.dumps({"message": message}))
 
 
 def _registry(settings: Settings) -> BatchRegistry:
@@ -110,12 +111,6 @@ def complete_if_done(settings: Settings, job_id: str) -> bool:
     return True
 
 
-def _billed(batch: Batch) -> int | None:
-    usage = getattr(batch, "usage", None)
-    tokens = getattr(usage, "input_tokens", None) if usage is not None else None
-    return int(tokens) if tokens is not None else None
-
-
 def record_batch(settings: Settings, batch: Batch) -> bool:
     """Record a retrieved batch; when it is terminal, free its queue tokens, delete its input
     file at OpenAI, and complete its group if it was the last one.
@@ -125,7 +120,7 @@ def record_batch(settings: Settings, batch: Batch) -> bool:
     """
     if batch.status not in TERMINAL:
         return False
-    ref = to_ref(batch).model_copy(update={"billed_tokens": _billed(batch)})
+    ref = to_ref(batch).model_copy(update={"billed_tokens": usage_tokens(batch)})
     registered = _registry(settings).mark_terminal(ref)
     if registered is None:
         logger.warning("terminal batch not in the registry: ignored", extra={"batch": batch.id})

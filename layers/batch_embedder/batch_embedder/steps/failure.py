@@ -23,7 +23,7 @@ from ..openai_client import get_client
 from ..openai_files import iter_jsonl_file
 from ..records import BatchOutputLine, LedgerRecord, usd
 from ..settings import Settings
-from .batch import TERMINAL, release_queue, to_ref
+from .batch import TERMINAL, release_queue, to_ref, usage_tokens
 from .chunk import describe
 from .cost import common_prefix, queue_usage
 
@@ -88,9 +88,9 @@ def _billed_tokens(
         refs.append(to_ref(batch))
         for err in (batch.errors.data or []) if batch.errors else []:
             details.append(f"line {err.line}: {err.message}" if err.line else str(err.message))
-        usage = getattr(batch, "usage", None)
-        if usage is not None and getattr(usage, "input_tokens", None) is not None:
-            billed += int(usage.input_tokens)
+        tokens = usage_tokens(batch)
+        if tokens is not None:
+            billed += tokens
         elif batch.output_file_id:
             for record in iter_jsonl_file(client, batch.output_file_id):
                 billed += BatchOutputLine.model_validate(record).billed_tokens
