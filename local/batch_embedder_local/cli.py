@@ -51,7 +51,10 @@ def _parse_params(values: list[str]) -> dict[str, str]:
 def _parse_emulator(values: list[str]) -> dict[str, Any]:
     """``--emulator KEY=VALUE`` switches: any ``EmulatorConfig`` field (``webhook_drop=true``,
     ``fail_next_requests_429=3``, ``batch_outcome=expired``); values are JSON when they
-    parse as JSON, else strings.
+    parse as JSON, else strings. The fault switches: ``outage_seconds=30`` (OpenAI
+    unreachable for 30 s from start), ``error_rate_429=0.2`` / ``error_rate_5xx=0.1``
+    (probabilities, seeded by ``error_seed=N``), ``batch_outcome=cancelled``,
+    ``api_key=other`` (revokes the stack's key: every call gets 401).
 
     Raises:
         SystemExit: a switch is not NAME=VALUE or names no field of the emulator.
@@ -73,6 +76,14 @@ def _parse_emulator(values: list[str]) -> dict[str, Any]:
         except ValueError:
             switches[name] = raw
     return switches
+
+
+#: Examples shown in the ``--emulator`` help (fields: EmulatorConfig in openai_server/config.py).
+_EMULATOR_EXAMPLES = (
+    "webhook_drop=true, webhook_forge=true, outage_seconds=30 (OpenAI unreachable for 30 s), "
+    "error_rate_429=0.2, error_rate_5xx=0.1, error_seed=7, batch_outcome=cancelled "
+    "(or expired, failed), expire_completed_fraction=0.5, api_key=revoked"
+)
 
 
 def _totals(results: list[ExecutionResult]) -> dict[str, Any]:
@@ -293,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="an emulator switch (any EmulatorConfig field), e.g. webhook_drop=true",
+        help=f"an emulator switch (any EmulatorConfig field), e.g. {_EMULATOR_EXAMPLES}",
     )
     ingest.set_defaults(func=cmd_ingest)
 
@@ -328,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a switch (any EmulatorConfig field), e.g. webhook_forge=true",
+        help=f"a switch (any EmulatorConfig field), e.g. {_EMULATOR_EXAMPLES}",
     )
     server.set_defaults(func=cmd_openai_server)
     return parser

@@ -8,6 +8,11 @@ in pyproject.toml); :func:`check_moto_hooks` fails loudly if an upgrade moves it
 A handler's exception comes back as ``{"errorType", "errorMessage", "stackTrace"}`` with the
 ``X-Amz-Function-Error`` header, as on AWS, so ``Retry``/``Catch`` on ``ErrorEquals`` match
 the exception's class name.
+
+Injected failures (:meth:`LambdaAdapter.crash_after`, :meth:`LambdaAdapter.fail_before`)
+come back the same way with ``errorType`` ``Lambda.Unknown``, the name Step Functions gives
+an invocation the Lambda service itself failed (runtime crash, sandbox lost), so
+``Retry``/``Catch`` on ``Lambda.Unknown`` or ``States.ALL`` can be tested.
 """
 
 from __future__ import annotations
@@ -24,6 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+#: ``errorType`` of an injected failure (as Step Functions reports a failed invocation).
+INJECTED_ERROR_TYPE = "Lambda.Unknown"
+#: ``errorMessage`` of :meth:`LambdaAdapter.crash_after` failures.
+CRASH_AFTER_MESSAGE = "The function ran, then the invocation failed (injected)"
+#: ``errorMessage`` of :meth:`LambdaAdapter.fail_before` failures.
+FAIL_BEFORE_MESSAGE = "The invocation failed before the function ran (injected)"
 
 
 class AdapterError(RuntimeError):
@@ -126,6 +138,55 @@ class LambdaAdapter:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _original: Any = None
     _gates: dict[str, threading.Event] = field(default_factory=dict)
+    _crash_after: dict[str, int] = field(default_factory=dict)
+    _fail_before: dict[str, int] = field(default_factory=dict)
+    _fault_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def crash_after(self, logical_id: str, times: int = 1) -> None:
+        """Make the next ``times`` invocations of ``logical_id`` fail AFTER doing the work.
+
+        Each runs the real handler to completion (every side effect happens; what it
+        returned or raised is discarded), then reports ``errorType`` ``Lambda.Unknown``,
+        ``errorMessage`` :data:`CRASH_AFTER_MESSAGE`, as when the runtime dies after the work.
+        Replaces any count left for that function; ``times=0`` cancels. Thread-safe.
+
+        Raises:
+            ValueError: ``times`` is negative.
+        """
+        self._set_fault(self._crash_after, logical_id, times)
+
+    def fail_before(self, logical_id: str, times: int = 1) -> None:
+        """Make the next ``times`` invocations of ``logical_id`` fail WITHOUT running it.
+
+        Each reports ``errorType`` ``Lambda.Unknown``, ``errorMessage``
+        :data:`FAIL_BEFORE_MESSAGE`; the handler is not called (no side effect). Checked
+        before :meth:`crash_after`. Replaces any count left; ``times=0`` cancels. Thread-safe.
+
+        Raises:
+            ValueError: ``times`` is negative.
+        """
+        self._set_fault(self._fail_before, logical_id, times)
+
+    def _set_fault(self, counts: dict[str, int], logical_id: str, times: int) -> None:
+        if times < 0:
+            raise ValueError(f"times must be >= 0, not {times}")
+        with self._fault_lock:
+            if times:
+                counts[logical_id] = times
+            else:
+                counts.pop(logical_id, None)
+
+    def _take_fault(self, counts: dict[str, int], logical_id: str) -> bool:
+        """Consume one unit of an injected-failure count; True if one was left."""
+        with self._fault_lock:
+            left = counts.get(logical_id, 0)
+            if left <= 0:
+                return False
+            if left == 1:
+                del counts[logical_id]
+            else:
+                counts[logical_id] = left - 1
+            return True
 
     def hold(self, logical_id: str) -> threading.Event:
         """Hold every invocation of ``logical_id`` until the returned event is set.
@@ -161,7 +222,8 @@ class LambdaAdapter:
         """Run the handler of ``function_name`` (name or ARN) on ``payload`` (JSON).
 
         Returns:
-            ``(response JSON bytes, errored)``.
+            ``(response JSON bytes, errored)``. Every call, injected failures included,
+            is appended to :attr:`invocations` as ``(logical_id, seconds, errored)``.
         """
         name = (
             function_name.split(":function:")[-1]
@@ -176,19 +238,25 @@ class LambdaAdapter:
             gate.wait(timeout=300)
             self._gates.pop(fn.logical_id, None)
         started = time.monotonic()
-        try:
-            event = json.loads(payload or "{}")
-            result = self._handler(fn)(event, LocalContext(fn))
-            body, errored = json.dumps(result).encode(), False
-        except Exception as exc:
-            body = json.dumps(
-                {
-                    "errorType": type(exc).__name__,
-                    "errorMessage": str(exc),
-                    "stackTrace": traceback.format_exception(exc),
-                }
-            ).encode()
-            errored = True
+        if self._take_fault(self._fail_before, fn.logical_id):
+            body, errored = _injected_error(FAIL_BEFORE_MESSAGE), True
+        else:
+            crash = self._take_fault(self._crash_after, fn.logical_id)
+            try:
+                event = json.loads(payload or "{}")
+                result = self._handler(fn)(event, LocalContext(fn))
+                body, errored = json.dumps(result).encode(), False
+            except Exception as exc:
+                body = json.dumps(
+                    {
+                        "errorType": type(exc).__name__,
+                        "errorMessage": str(exc),
+                        "stackTrace": traceback.format_exception(exc),
+                    }
+                ).encode()
+                errored = True
+            if crash:
+                body, errored = _injected_error(CRASH_AFTER_MESSAGE), True
         self.invocations.append((fn.logical_id, time.monotonic() - started, errored))
         return body, errored
 
@@ -222,3 +290,10 @@ class LambdaAdapter:
 
             LambdaSimpleBackend.invoke = self._original  # type: ignore[method-assign]
             self._original = None
+
+
+def _injected_error(message: str) -> bytes:
+    """The payload of an injected ``Lambda.Unknown`` failure."""
+    return json.dumps(
+        {"errorType": INJECTED_ERROR_TYPE, "errorMessage": message, "stackTrace": []}
+    ).encode()

@@ -242,6 +242,17 @@ class LocalStack:
         result: dict[str, Any] = json.loads(answer["Payload"].read() or b"{}")
         return result
 
+    def sweep(self, at: str | None = None) -> dict[str, Any]:
+        """Run the reservation sweep once, as its schedule would at ``at`` (ISO 8601 UTC;
+        default now); returns its result."""
+        lam = boto3.client("lambda", region_name=REGION)
+        answer = lam.invoke(
+            FunctionName=self.refs["SweepReservationsFunction"],
+            Payload=json.dumps({"id": str(uuid.uuid4()), "time": at or _now(), "source": "local"}),
+        )
+        result: dict[str, Any] = json.loads(answer["Payload"].read() or b"{}")
+        return result
+
     @property
     def state_file(self) -> Path:
         """Where the DynamoDB tables are kept between runs."""
@@ -580,6 +591,11 @@ class LocalStack:
                 input=json.dumps(uploads),
             )["executionArn"]
         )
+
+    def abort(self, execution_arn: str, cause: str = "stopped by a person") -> None:
+        """Stop a running execution (StopExecution), as a person would in the console."""
+        sfn = boto3.client("stepfunctions", region_name=REGION)
+        sfn.stop_execution(executionArn=execution_arn, cause=cause)
 
     def status(self, execution_arn: str) -> str:
         """RUNNING, SUCCEEDED, FAILED, TIMED_OUT or ABORTED."""

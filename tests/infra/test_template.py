@@ -110,10 +110,14 @@ def test_functions_have_least_privilege_policies() -> None:
         text = json.dumps(scoped)
         assert "FullAccess" not in text and '"*"' not in text, name
         assert "DynamoDBCrudPolicy" not in text and "S3CrudPolicy" not in text, name
-    # Only the functions that talk to Postgres read the database secret.
+    # Only the functions that talk to Postgres (the content store) read the database
+    # secret, and each of them runs in the VPC when one is given.
     readers = {n for n, fn in functions.items() if "DatabaseUrlSecret" in json.dumps(fn)}
     assert readers == {"CheckCacheFunction", "FetchAndWriteFunction", "DeleteDocumentsFunction",
-                       "RecordFailureFunction"}  # fmt: skip
+                       "RecordFailureFunction", "EmbedSyncFunction", "SweepReservationsFunction",
+                       "ReconcileBatchesFunction"}  # fmt: skip
+    for name in readers:
+        assert "VpcConfig" in functions[name]["Properties"], name
 
 
 def _task_token_statement(policy: object) -> bool:

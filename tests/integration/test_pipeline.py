@@ -29,7 +29,7 @@ START = ["ReadGroup", "ChunkAndEstimate", "AnyDeletes", "AnyChunks", "CheckCache
          "BudgetCheck", "BudgetReserved", "HowToEmbed"]  # fmt: skip
 HAPPY_PATH = [
     *START, "BuildAndUploadJsonl", "CreateBatch", "BatchQueued", "WaitForBatches",
-    "BatchOutcome", "FetchAndWrite", "RecordCost", "Embedded",
+    "FetchAndWrite", "AnyPending", "RecordCost", "Embedded",
 ]  # fmt: skip
 SAMPLE_FILES = ["appetite.rst.txt", "controlflow.rst.txt", "errors.rst.txt", "venv.rst.txt"]
 TUTORIAL_KEYS = [f"tutorial/{name}" for name in SAMPLE_FILES]
@@ -136,7 +136,7 @@ def test_same_file_twice_leaves_the_same_rows(
     assert out["cache_hits"] == len(before) and out["cost_usd"] == 0
     assert brief(again.document(key)) == {"key": key, "status": "embedded", "chunks": len(before)}
     # Nothing to embed: straight from HowToEmbed to FetchAndWrite, no batch.
-    assert again.states == [*START, "FetchAndWrite", "RecordCost", "Embedded"]
+    assert again.states == [*START, "FetchAndWrite", "AnyPending", "RecordCost", "Embedded"]
 
 
 def test_budget_exceeded_sends_nothing_and_reserves_nothing(
@@ -160,9 +160,13 @@ def test_budget_exceeded_sends_nothing_and_reserves_nothing(
 
 @pytest.mark.parametrize(
     ("switch", "failed_state"),
-    [({"batch_outcome": "failed"}, "BatchFailed"), ({"batch_outcome": "expired"}, "BatchExpired")],
+    [
+        ({"batch_outcome": "failed"}, "BatchFailed"),
+        ({"batch_outcome": "expired"}, "BatchExpired"),
+        ({"fail_custom_id_pattern": r":0-"}, "EmbeddingsIncomplete"),
+    ],
 )
-def test_failed_and_expired_batches_release_the_reservation(
+def test_batches_that_keep_failing_end_in_a_named_state_after_every_round(
     stack: Any,
     emulator: Any,
     db: psycopg.Connection[tuple[Any, ...]],
@@ -171,8 +175,8 @@ def test_failed_and_expired_batches_release_the_reservation(
     monkeypatch: Any,
 ) -> None:
     emulator.update_config(**switch)
-    # Several request lines, so an expired batch keeps some; no sync fallback: the failure
-    # path itself is under test here.
+    # Several request lines, so an expired batch keeps some; no sync fallback: every round
+    # goes through the Batch API and every round fails the same way.
     monkeypatch.setenv("BATCH_INPUTS_PER_REQUEST", "2")
     monkeypatch.setenv("SYNC_FALLBACK", "false")
     key = f"{failed_state}/errors.rst.txt"
@@ -181,28 +185,37 @@ def test_failed_and_expired_batches_release_the_reservation(
     [result] = stack.ingest([(key, fresh("errors.rst.txt", failed_state))], timeout=300)
     assert result.status == "FAILED", result.states
     assert result.failed_state == failed_state
-    assert result.states[-4:] == ["BatchOutcome", "RecordFailure", "FailureKind", failed_state]
-    assert key in result.cause
-    assert rows(db, key) == []
+    assert result.states[-4:] == ["FetchAndWrite", "RecordFailure", "FailureKind", failed_state]
+    assert result.states.count("CreateBatch") == 3  # EMBED_ROUNDS
+    assert key in result.cause and "3 round(s)" in result.cause
+    assert rows(db, key) == []  # a document is written whole or not at all
     after = counter(stack)
     assert after["reserved_tokens"] == before["reserved_tokens"] == 0
-    # What the batch billed anyway (an expired batch's finished part) is committed, no more.
+    # What the batches billed anyway (an expired batch's finished part) is committed, no more.
     billed = emulator.stats()["batch_billed_tokens"] - billed_before
     assert after["committed_tokens"] - before["committed_tokens"] == billed
-    if failed_state == "BatchExpired":
+    if failed_state != "BatchFailed":
         assert billed > 0
 
 
-def test_failed_lines_fail_clearly_with_counts(
-    stack: Any, emulator: Any, db: psycopg.Connection[tuple[Any, ...]]
+def test_a_failed_line_is_bought_again_synchronously_and_only_it(
+    stack: Any, emulator: Any, db: psycopg.Connection[tuple[Any, ...]], monkeypatch: Any
 ) -> None:
     emulator.update_config(fail_custom_id_pattern=r":0-")
+    monkeypatch.setenv("BATCH_INPUTS_PER_REQUEST", "2")  # the failed line holds 2 chunks
     key = "lines/errors.rst.txt"
+    before = emulator.stats()
     [result] = stack.ingest([(key, fresh("errors.rst.txt", "lines"))], timeout=300)
-    assert result.status == "FAILED"
-    assert result.failed_state == "EmbeddingsIncomplete"
-    assert "1 request(s) in the error file" in result.cause
-    assert rows(db, key) == []
+    assert result.status == "SUCCEEDED", result.cause
+    assert "EmbedSync" in result.states  # SyncFallback: the failed line's contents
+    out = result.output
+    after = emulator.stats()
+    sync_part = after["sync_billed_tokens"] - before["sync_billed_tokens"]
+    batch_part = after["batch_billed_tokens"] - before["batch_billed_tokens"]
+    assert 0 < sync_part < batch_part
+    assert out["billed_tokens"] == sync_part + batch_part == out["tokens"] - out["tokens_saved"]
+    assert out["repaid_tokens"] == 0
+    assert len(rows(db, key)) == out["chunks"]
     assert counter(stack)["reserved_tokens"] == 0
 
 
@@ -274,7 +287,7 @@ def test_full_batch_queue_waits_instead_of_failing(
         [stack.upload("queue/a.rst.txt", fresh("controlflow.rst.txt", "queue"), deliver=False)]
     )
     deadline = time.monotonic() + 60
-    while stack.current_state(first) not in {"WaitForBatches", "BatchOutcome"}:
+    while stack.current_state(first) not in {"WaitForBatches", "FetchAndWrite"}:
         assert time.monotonic() < deadline, stack.current_state(first)
         time.sleep(0.2)
     second = stack.start_execution(

@@ -344,9 +344,18 @@ def test_admin_routes(admin: openai.OpenAI, client: openai.OpenAI, emu: OpenAIEm
         "billed_tokens": 3,
         "batch_billed_tokens": 0,
         "sync_billed_tokens": 3,
+        "billed_sync_tokens": 3,
+        "billed_batch_tokens": 0,
+        "sync_requests": 1,
+        "batch_requests": 0,
+        "api_requests": 1,
         "batches_created": 0,
         "files": 0,
         "rate_limited": 0,
+        "server_errors": 0,
+        "unauthorized": 0,
+        "outage_refused": 0,
+        "outage_remaining_seconds": 0,
     }
     new = admin.post("/_emulator/config", body={"rpm_limit": 5}, cast_to=object)
     assert new["rpm_limit"] == 5  # type: ignore[index]

@@ -204,21 +204,31 @@ def test_concurrent_reservations_never_pass_the_limit(stack: Any) -> None:
     assert counter(day) == {"held_tokens": 9000, "reserved_tokens": 0, "committed_tokens": 9000}
 
 
-def test_sweep_releases_reservations_of_crashed_executions(stack: Any) -> None:
+def test_sweep_finds_crashed_reservations_and_settle_commits_only_what_the_bill_grew_by(
+    stack: Any,
+) -> None:
     day = "2030-01-06"
     budget.reserve(**tables(), job_id="crashed", key="c.txt", tokens=400, scopes=scopes(10_000),
                    day=day, hold_seconds=60)  # fmt: skip
     budget.reserve(**tables(), job_id="alive", key="d.txt", tokens=100, scopes=scopes(10_000),
                    day=day, hold_seconds=3600)  # fmt: skip
-    assert budget.sweep_expired(**tables(), now=time.time()) == []
-    assert budget.sweep_expired(**tables(), now=time.time() + 120) == [("crashed", 400)]
-    assert budget.sweep_expired(**tables(), now=time.time() + 120) == []  # once only
-    assert counter(day) == {"held_tokens": 100, "reserved_tokens": 100, "committed_tokens": 0}
-    # The crashed run finishes after all: what it was billed is still committed.
+    jobs_table = tables()["jobs_table"]
+    assert "crashed" not in budget.held_jobs(jobs_table=jobs_table, now=time.time())
+    found = budget.held_jobs(jobs_table=jobs_table, now=time.time() + 120)
+    assert "crashed" in found and "alive" not in found
+    # The sweep commits what the crashed run's batches billed and gives the rest back, once.
+    assert budget.settle(**tables(), job_id="crashed", billed_tokens=300, outcome="swept") == (
+        100,
+        300,
+    )
+    assert "crashed" not in budget.held_jobs(jobs_table=jobs_table, now=time.time() + 120)
+    assert counter(day) == {"held_tokens": 400, "reserved_tokens": 100, "committed_tokens": 300}
+    # A batch of the crashed run ingested later grows its bill: only the difference counts.
     assert budget.settle(**tables(), job_id="crashed", billed_tokens=380, outcome="committed") == (
         0,
-        380,
+        80,
     )
+    assert budget.settle(**tables(), job_id="crashed", billed_tokens=380, outcome="swept") == (0, 0)
     assert counter(day) == {"held_tokens": 480, "reserved_tokens": 100, "committed_tokens": 380}
 
 

@@ -66,21 +66,27 @@ class BatchNotFinishedError(BatchEmbedderError):
 
 
 class EmbeddingsIncompleteError(BatchEmbedderError):
-    """The batch output does not hold a vector for every chunk.
+    """Some chunks still have no vector after every round (failed request lines): the
+    documents that need them are not written; the others are.
 
     Attributes:
-        expected: chunks in the manifest.
-        received: chunks that came back with a vector.
-        failed_requests: requests that came back in the error file.
+        expected: chunks in the group.
+        received: chunks with a vector.
+        failed_requests: request lines that failed.
+        rounds: FetchAndWrite passes made.
     """
 
-    def __init__(self, *, key: str, expected: int, received: int, failed_requests: int) -> None:
+    def __init__(
+        self, *, key: str, expected: int, received: int, failed_requests: int, rounds: int = 1
+    ) -> None:
         self.expected = expected
         self.received = received
         self.failed_requests = failed_requests
+        self.rounds = rounds
         super().__init__(
-            f"{key}: {received} of {expected} chunks came back with a vector "
-            f"({failed_requests} request(s) in the error file); nothing was written"
+            f"{key}: {received} of {expected} chunks have a vector after {rounds} round(s) "
+            f"({failed_requests} request line(s) failed); these documents were not written "
+            "(every other document was)"
         )
 
 
@@ -94,3 +100,23 @@ class CacheNotReadyError(BatchEmbedderError):
     FetchAndWrite raises it; the state machine retries FetchAndWrite until the other
     execution has written its vectors.
     """
+
+
+class ProviderAuthFailedError(BatchEmbedderError):
+    """OpenAI refused the API key (401 invalid or revoked, 403 not allowed). Not retried:
+    the execution ends in ``ProviderAuthFailed`` with nothing reserved or bought."""
+
+
+class BatchFailedError(BatchEmbedderError):
+    """A batch failed and every round since left contents without a vector: the documents
+    that need them are not written (the message names them); the others are."""
+
+
+class BatchExpiredError(BatchEmbedderError):
+    """Batches expired round after round: the documents still missing vectors are not
+    written (the message names them); the others are."""
+
+
+class BatchCancelledError(BatchEmbedderError):
+    """A batch was cancelled and the rounds since did not finish its contents: the
+    documents still missing vectors are not written (the message names them)."""

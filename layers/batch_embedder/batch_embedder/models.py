@@ -130,12 +130,43 @@ class EmbedPlan(Contract):
 
 
 class SyncOutput(Contract):
-    """Embeddings fetched through the synchronous API, as batch-output-shaped JSONL in S3."""
+    """One EmbedSync run: its vectors are in the content store (``db/content.py``), one
+    purchase per request; these counts are for people (the store is what is settled)."""
 
-    location: S3Location
+    phase: Literal["urgent", "fallback"] = "urgent"
+    chunks: int = Field(default=0, ge=0, description="contents embedded by this run")
     billed_tokens: int = Field(ge=0)
     requests: int = Field(ge=0)
     rate_limited: int = Field(ge=0, description="429 answers that were waited out")
+
+
+class WriteResult(Contract):
+    """What FetchAndWrite did in Postgres."""
+
+    vectors_written: int = Field(ge=0, description="rows inserted")
+    rows_moved: int = Field(default=0, ge=0, description="unchanged chunks moved to a new index")
+    rows_deleted: int = Field(ge=0, description="stale rows of earlier versions removed")
+    billed_tokens: int = Field(ge=0, description="Batch API usage, tokens (content store)")
+    sync_billed_tokens: int = Field(default=0, ge=0, description="synchronous API usage")
+    repaid_tokens: int = Field(
+        default=0, ge=0, description="tokens bought again for content whose vector was lost"
+    )
+    failed_requests: int = 0
+    incomplete: list[str] = Field(
+        default_factory=list, description="documents not written: a chunk has no vector"
+    )
+
+
+class PendingWork(Contract):
+    """Contents of the group still without a vector after FetchAndWrite (failed request
+    lines, the unreturned part of an expired, failed or cancelled batch): embedded again,
+    synchronously (``sync``: urgent documents, or ``SyncFallback``) or in the next batch."""
+
+    api: Literal["sync", "batch"]
+    manifest: S3Location = Field(description="EmbedRow lines of the pending contents")
+    chunks: int = Field(ge=1, description="distinct contents")
+    tokens: int = Field(ge=1)
+    documents: list[str] = Field(default_factory=list, description="waiting documents, first 20")
 
 
 class ChunkedJob(Metered):
@@ -166,6 +197,9 @@ class ChunkedJob(Metered):
         default_factory=list, description="prefixes over their daily budget: left out"
     )
     embed: EmbedPlan | None = None
+    pending: PendingWork | None = None
+    embed_round: int = Field(default=0, ge=0, description="FetchAndWrite passes so far")
+    written: WriteResult | None = None
 
 
 class Reservation(Contract):
@@ -251,17 +285,6 @@ class WriteInput(ReservedJob):
         return self.outcome.batches if self.outcome is not None else self.batches
 
 
-class WriteResult(Contract):
-    """What FetchAndWrite did in Postgres."""
-
-    vectors_written: int = Field(ge=0, description="rows inserted")
-    rows_moved: int = Field(default=0, ge=0, description="unchanged chunks moved to a new index")
-    rows_deleted: int = Field(ge=0, description="stale rows of earlier versions removed")
-    billed_tokens: int = Field(ge=0, description="Batch API usage.total_tokens in the output")
-    sync_billed_tokens: int = Field(default=0, ge=0, description="synchronous API usage")
-    failed_requests: int = 0
-
-
 class WrittenJob(ChunkedJob):
     """Output of FetchAndWrite, input of RecordCost. A group with nothing to embed (only
     deletes, or everything cached) comes here without a reservation or a write."""
@@ -304,6 +327,9 @@ class JobSummary(Contract):
     chunks: int
     tokens: int
     billed_tokens: int
+    repaid_tokens: int = Field(
+        default=0, description="tokens bought again for content whose vector was lost"
+    )
     vectors_written: int
     batches: int
     cost_usd: float = Field(description="OpenAI")
@@ -360,6 +386,7 @@ FailedState = Literal[
     "BatchExpired",
     "BatchCancelled",
     "EmbeddingsIncomplete",
+    "ProviderAuthFailed",
     "PipelineError",
 ]
 

@@ -11,6 +11,7 @@ import functools
 import openai
 
 from .aws.secrets import openai_api_key
+from .errors import ProviderAuthFailedError
 from .settings import Settings
 
 
@@ -52,3 +53,25 @@ def raise_if_quota_exhausted(exc: openai.RateLimitError) -> None:
     """
     if exc.code == "insufficient_quota":
         raise QuotaExhaustedError(str(exc)) from exc
+
+
+def check_provider(settings: Settings, model: str, source: str) -> None:
+    """Check that OpenAI accepts the API key, before anything is reserved or bought.
+
+    One ``GET /v1/models/{model}`` (not billed:
+    https://platform.openai.com/docs/api-reference/models/retrieve).
+
+    Raises:
+        ProviderAuthFailedError: 401 or 403: the key is invalid, revoked or not allowed.
+    """
+    try:
+        get_client(settings).models.retrieve(model)
+    except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+        body = exc.body if isinstance(exc.body, dict) else {}
+        reason = str(body.get("message") or exc.message)
+        raise ProviderAuthFailedError(
+            f"{source}: OpenAI refused the API key ({exc.status_code}: {reason}); "
+            "nothing was reserved or bought. Put a valid key in the OpenAIApiKeySecret."
+        ) from exc
+    except openai.NotFoundError:
+        return  # the key works; an unknown model fails later with its own message

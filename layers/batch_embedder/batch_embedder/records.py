@@ -154,6 +154,9 @@ class LedgerRecord(Record):
     documents: int = 0
     batches: int = 0
     tokens: int = Field(ge=0, description="tokens billed by OpenAI")
+    repaid_tokens: int = Field(
+        default=0, ge=0, description="tokens bought again for content whose vector was lost"
+    )
     price_per_million_usd: float = 0.0
     cost_usd: float = 0.0
     aws_cost_usd: float = 0.0
@@ -172,3 +175,4 @@ class LedgerRecord(Record):
     results: str = Field(
         default="", description="s3:// URI of every document's result and cost (JSONL)"
     )
+    cause: str = Field(default="", description="why a job the reconciler settled ended")

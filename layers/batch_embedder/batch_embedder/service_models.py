@@ -3,6 +3,8 @@ token, the webhook receiver, the reconciler and the sweep."""
 
 from __future__ import annotations
 
+import time as _time
+from datetime import datetime
 from typing import Any
 
 from pydantic import Field
@@ -11,10 +13,11 @@ from .models import Contract, Metered
 
 
 class SweepResult(Contract):
-    """Output of SweepReservations: reservations of crashed executions given back."""
+    """Output of SweepReservations: reservations of crashed executions settled."""
 
     released_jobs: list[str]
-    released_tokens: int = Field(ge=0)
+    released_tokens: int = Field(ge=0, description="reserved tokens given back")
+    committed_tokens: int = Field(default=0, ge=0, description="what their batches billed")
 
 
 class WaitRequest(Contract):
@@ -34,10 +37,16 @@ class WaitAck(Contract):
 
 
 class ScheduledEvent(Contract):
-    """An EventBridge scheduled event (only its presence matters)."""
+    """An EventBridge scheduled event: ``time`` is when the schedule fired (ISO 8601 UTC)."""
 
     id: str = ""
     time: str = ""
+
+    def epoch_seconds(self) -> float:
+        """``time`` as seconds since the epoch (now when the event has none)."""
+        if not self.time:
+            return _time.time()
+        return datetime.fromisoformat(self.time.replace("Z", "+00:00")).timestamp()
 
 
 class FunctionUrlRequest(Contract):
@@ -53,6 +62,8 @@ class ReconcileResult(Metered):
     """Output of ReconcileBatches: how many open batches were checked and finished, and
     what the run cost in AWS requests (``aws``)."""
 
-    open_batches: int = Field(ge=0)
-    finished: int = Field(ge=0)
+    open_batches: int = Field(ge=0, description="batches not yet ingested")
+    finished: int = Field(ge=0, description="seen terminal by this run")
     completions_sent: int = Field(ge=0)
+    cancelled: int = Field(default=0, ge=0, description="running batches of ended executions")
+    adopted: int = Field(default=0, ge=0, description="batches of ended executions ingested")

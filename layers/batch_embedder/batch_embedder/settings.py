@@ -85,8 +85,16 @@ class Settings(BaseSettings):
     sync_prefixes: str = ""
     #: Finish a failed or expired batch's missing chunks through the synchronous API.
     sync_fallback: bool = True
-    #: Seconds after which another execution's claim on content is taken over (crashed run).
+    #: Lease of a claim on content, seconds: another execution takes it over once it runs
+    #: out (the claimer crashed); longer than the Batch API's 24 h completion window.
     claim_stale_seconds: int = Field(default=26 * 3600, ge=60)
+    #: FetchAndWrite passes per execution: contents still missing after a pass (failed
+    #: lines, an expired batch's rest) go round again, at most this many times in all.
+    embed_rounds: int = Field(default=3, ge=1, le=10)
+    #: Days OpenAI keeps a batch's output and error files when nobody deletes them (they
+    #: are deleted as soon as their vectors are stored): the batch's ``output_expires_after``
+    #: (https://platform.openai.com/docs/api-reference/batch/create).
+    output_retention_days: int = Field(default=7, ge=1, le=30)
 
     #: Grouping: the pipe's window (seconds) and largest group (uploads); recorded so the
     #: ledger can price the SQS and Pipes requests of a group.

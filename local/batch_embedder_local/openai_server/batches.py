@@ -6,7 +6,12 @@ openai SDK 3.54 ``Batch`` type):
 - ``validating`` -> ``in_progress`` -> ``finalizing`` -> ``completed``; ``failed`` when the
   input file does not validate (``errors.data[]`` with ``code``, ``line``, ``message``,
   ``param``); ``expired`` (completed requests returned and billed, the others in the
-  error file with ``batch_expired``); ``cancelling`` -> ``cancelled``.
+  error file with ``batch_expired``); ``cancelling`` -> ``cancelled`` (by
+  ``POST /v1/batches/{id}/cancel``, or by ``batch_outcome="cancelled"``: the first
+  ``expire_completed_fraction`` of requests complete and are billed, the rest appear in
+  neither file).
+- ``output_expires_after`` (``{"anchor": "created_at", "seconds": N}``) gives the output
+  and error files ``expires_at = their created_at + N``.
 - Input: one JSON object per line with ``custom_id`` (unique), ``method`` ``POST``,
   ``url`` equal to the batch endpoint, ``body`` an embeddings request; one model per file;
   at most 50,000 requests and 50,000 embedding inputs; each request within the
@@ -44,6 +49,7 @@ from typing import Any
 from .config import EmulatorConfig
 from .embedding_api import parse_embedding_body, render_embedding_response
 from .errors import APIError, error_body, invalid_value, new_id
+from .faults import parse_expires_after
 from .stats import Stats
 from .store import FileStore
 
@@ -108,6 +114,7 @@ class BatchRecord:
     failed: int = 0
     input_tokens: int = 0
     enqueued_tokens: int = 0
+    output_expires_after: int | None = None  # seconds, for the output / error files
     cancel_event: threading.Event = field(default_factory=threading.Event)
     abandoned: bool = False
     cancel_started: float = 0.0
@@ -285,6 +292,9 @@ class BatchManager:
                 code="invalid_value",
             )
         cfg = self._get_config()
+        output_expiry = parse_expires_after(
+            params.get("output_expires_after"), "output_expires_after", cfg
+        )
         now = _now()
         batch = BatchRecord(
             id=new_id("batch_"),
@@ -295,6 +305,7 @@ class BatchManager:
             created_at=now,
             expires_at=now + cfg.batch_completion_window_seconds,
             config=cfg,
+            output_expires_after=output_expiry,
         )
         thread = threading.Thread(
             target=self._run, args=(batch,), name=f"emulator-{batch.id}", daemon=True
@@ -541,6 +552,12 @@ class BatchManager:
         if self._wait(batch, cfg.batch_in_progress_seconds):
             self._finish_cancel(batch, spools)
             return
+        if cfg.batch_outcome == "cancelled":  # as if cancelled from outside, mid-way
+            with batch.lock:
+                batch.status, batch.cancelling_at = "cancelling", _now()
+            batch.cancel_started = time.monotonic()
+            self._finish_cancel(batch, spools)
+            return
         if cfg.batch_outcome == "expired":
             out_id, err_id = self._publish(batch, *spools)
             with batch.lock:
@@ -728,7 +745,7 @@ class BatchManager:
         errf = _Spool(self._files.new_tmp_path(".err"))
         try:
             n_done = len(plans)
-            if cfg.batch_outcome == "expired":
+            if cfg.batch_outcome in ("expired", "cancelled"):
                 n_done = math.floor(len(plans) * cfg.expire_completed_fraction)
             fail_re = re.compile(cfg.fail_custom_id_pattern) if cfg.fail_custom_id_pattern else None
             with path.open("rb") as fh:
@@ -740,6 +757,8 @@ class BatchManager:
                     cid = json.dumps(plan.custom_id)
                     line_id = json.dumps(new_id("batch_req_"))
                     if i >= n_done:
+                        if cfg.batch_outcome == "cancelled":
+                            break  # never run: in neither file
                         errf.write(
                             f'{{"id":{line_id},"custom_id":{cid},"response":null,"error":'
                             '{"code":"batch_expired","message":"This request could not be '
@@ -777,7 +796,7 @@ class BatchManager:
                     out.write(self._response_line(line_id, cid, 200, req_id, text))
                     self._count(batch, completed=1, tokens=plan.tokens)
                     self._stats.add(
-                        embedding_requests=1,
+                        batch_requests=1,
                         embedding_inputs=plan.inputs,
                         batch_billed_tokens=plan.tokens,
                     )
@@ -816,6 +835,7 @@ class BatchManager:
                 continue
             dest = self._files.new_tmp_path(f".{kind}")
             spool.finish(dest, cfg.shuffle_output, cfg.shuffle_seed * 2 + salt)
-            stored = self._files.adopt(dest, f"{batch.id}_{kind}.jsonl", "batch_output")
+            name = f"{batch.id}_{kind}.jsonl"
+            stored = self._files.adopt(dest, name, "batch_output", batch.output_expires_after)
             ids.append(stored.id)
         return ids[0], ids[1]

@@ -13,7 +13,7 @@ import base64
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["EmulatorConfig"]
 
@@ -23,6 +23,11 @@ MB = 1024 * 1024
 class EmulatorConfig(BaseModel):
     """Behaviour switches and limits of :class:`OpenAIEmulator`.
 
+    Auth: with ``api_key`` set, every other Bearer key gets OpenAI's 401 (``code``
+    ``invalid_api_key``, ``type`` ``invalid_request_error``, message "Incorrect API key
+    provided: ..."), billed nothing. Setting ``api_key`` at run time to a value other than
+    the one the client sends therefore "revokes" the key in use.
+
     Rate limits (synchronous ``/v1/embeddings`` only; batches are a separate pool, as at
     OpenAI): ``rpm_limit`` requests and ``tpm_limit`` tokens per 60-second sliding window,
     tier-1 reference figures for text-embedding-3-small; 0 disables enforcement.
@@ -30,12 +35,26 @@ class EmulatorConfig(BaseModel):
     Batch lifecycle: each phase lasts at least its ``batch_*_seconds`` (the real work adds on
     top). ``batch_outcome`` picks how batches end: ``completed`` (default), ``expired``
     (only the first ``expire_completed_fraction`` of requests complete, the rest come back
-    with ``batch_expired``) or ``failed`` (validation fails with code ``emulated_failure``).
+    with ``batch_expired``), ``cancelled`` (the first ``expire_completed_fraction`` of
+    requests complete, then the batch goes ``cancelling`` -> ``cancelled`` as if cancelled
+    from outside; the rest appear in neither file and are not billed) or ``failed``
+    (validation fails with code ``emulated_failure``).
 
     Fault injection for ``POST /v1/embeddings``: the next ``fail_next_requests_429``
     calls get a 429 with ``retry-after: retry_after_seconds``; the next
     ``fail_next_requests_5xx`` get a 500; ``insufficient_quota`` answers every call with
-    429 ``insufficient_quota``. The counters go down as they fire.
+    429 ``insufficient_quota``. The counters go down as they fire. ``error_rate_429`` /
+    ``error_rate_5xx`` fail each call at random (seeded by ``error_seed``). None of these
+    bills anything.
+
+    OpenAI outage: ``outage_seconds`` = N > 0 makes every ``/v1/*`` request fail for N
+    seconds from the moment the field is set (the connection is closed with no HTTP answer:
+    the SDK raises ``APIConnectionError``). ``/_emulator/*`` keeps working, batches keep
+    running, webhook deliveries wait for the outage to end. See :mod:`.faults`.
+
+    File expiry: ``expires_after`` on ``POST /v1/files`` and ``output_expires_after`` on
+    ``POST /v1/batches`` accept ``seconds`` within ``file_expiry_min_seconds`` ..
+    ``file_expiry_max_seconds`` (OpenAI: 3600 .. 2592000); expired files are deleted lazily.
 
     Webhooks (:mod:`.webhooks`): when ``webhook_url`` is set, every batch that reaches a
     terminal status posts a ``batch.<status>`` event there, signed like OpenAI's (Standard
@@ -52,7 +71,18 @@ class EmulatorConfig(BaseModel):
     # --- auth ---------------------------------------------------------------------------
     api_key: str | None = Field(
         default=None,
-        description="If set, the only Bearer key accepted (else any non-empty key is).",
+        description="If set, the only Bearer key accepted (else any non-empty key is). Any "
+        "other key gets 401 invalid_api_key; changing it at run time revokes the key in use.",
+    )
+
+    # --- OpenAI outage ---------------------------------------------------------------------
+    outage_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds, counted from when this field is set, during which every /v1/* "
+        "request is refused by closing the connection without an HTTP answer (the SDK "
+        "raises APIConnectionError). /_emulator/* still answers, batches keep running, "
+        "webhook deliveries wait until it ends. 0 ends an outage at once.",
     )
 
     # --- synchronous rate limits (reference: tier-1 text-embedding-3-small) ---------------
@@ -108,9 +138,17 @@ class EmulatorConfig(BaseModel):
     )
 
     # --- batch outcomes --------------------------------------------------------------------
-    batch_outcome: Literal["completed", "expired", "failed"] = "completed"
+    batch_outcome: Literal["completed", "expired", "cancelled", "failed"] = Field(
+        default="completed",
+        description="How batches end: completed, expired or cancelled (after the first "
+        "expire_completed_fraction of requests), or failed (at validation).",
+    )
     expire_completed_fraction: float = Field(
-        default=0.5, ge=0, le=1, description="Share of requests done when a batch expires."
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Share (0..1) of requests done when a batch expires or is cancelled "
+        "(batch_outcome expired / cancelled); rounded down to whole requests.",
     )
     fail_custom_id_pattern: str | None = Field(
         default=None,
@@ -128,6 +166,39 @@ class EmulatorConfig(BaseModel):
         default=1.0, ge=0, description="retry-after sent with injected 429s, seconds."
     )
     insufficient_quota: bool = False
+    error_rate_429: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Probability (0..1) that a POST /v1/embeddings call gets 429 "
+        "rate_limit_exceeded with retry-after: retry_after_seconds. Nothing is billed.",
+    )
+    error_rate_5xx: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Probability (0..1) that a POST /v1/embeddings call gets a 500 "
+        "server_error. Nothing is billed. error_rate_429 + error_rate_5xx must be <= 1.",
+    )
+    error_seed: int = Field(
+        default=0,
+        description="Seed of the random.Random that draws error_rate_* faults; re-seeded "
+        "whenever error_seed, error_rate_429 or error_rate_5xx is set (and on reset).",
+    )
+
+    # --- file expiry (reference: openai SDK FileCreateParams.ExpiresAfter) ---------------
+    file_expiry_min_seconds: int = Field(
+        default=3600,
+        ge=1,
+        description="Smallest expires_after / output_expires_after seconds accepted "
+        "(OpenAI: 3600, one hour); lower it to test expiry quickly.",
+    )
+    file_expiry_max_seconds: int = Field(
+        default=30 * 24 * 3600,
+        ge=1,
+        description="Largest expires_after / output_expires_after seconds accepted "
+        "(OpenAI: 2592000, 30 days).",
+    )
 
     # --- batch webhooks (OpenAI webhooks / Standard Webhooks) ---------------------------------
     webhook_url: str | None = Field(
@@ -174,6 +245,14 @@ class EmulatorConfig(BaseModel):
         "after a short backoff (0.05 s doubling, at most 1 s). OpenAI itself retries with "
         "exponential backoff for up to 72 hours.",
     )
+
+    @model_validator(mode="after")
+    def _valid_rates(self) -> EmulatorConfig:
+        if self.error_rate_429 + self.error_rate_5xx > 1:
+            raise ValueError("error_rate_429 + error_rate_5xx must be at most 1")
+        if self.file_expiry_min_seconds > self.file_expiry_max_seconds:
+            raise ValueError("file_expiry_min_seconds must not exceed file_expiry_max_seconds")
+        return self
 
     @field_validator("fail_custom_id_pattern")
     @classmethod

@@ -10,7 +10,9 @@ Embeddings are deterministic feature-hashing vectors (:mod:`.embeddings`), NOT O
 
 Admin routes (no auth, outside ``/v1``): ``GET``/``POST /_emulator/config``,
 ``POST /_emulator/reset``, ``GET /_emulator/stats``, ``GET /_emulator/health``,
-``GET /_emulator/webhooks`` (the batch-webhook delivery log, see :mod:`.webhooks`).
+``GET /_emulator/webhooks`` (the batch-webhook delivery log, see :mod:`.webhooks`). The
+keys of ``/_emulator/stats`` are listed in :mod:`.stats`; outages and random errors are
+in :mod:`.faults`.
 
 Built on ``http.server.ThreadingHTTPServer`` only: one thread per connection, HTTP/1.1
 keep-alive (the SDK's httpx2 pool reuses connections).
@@ -41,6 +43,7 @@ from .config import EmulatorConfig
 from .embedding_api import parse_embedding_body, render_embedding_response
 from .embeddings import MODELS
 from .errors import APIError, invalid_value, new_id
+from .faults import Faults, form_expires_after
 from .multipart import (
     BodyTooLarge,
     MultipartError,
@@ -106,10 +109,12 @@ class OpenAIEmulator:
         self._tmp_dir: Path | None = None
         self.verbose = verbose
         self.counters = Stats()
+        self.faults = Faults(self.counters)
+        self.faults.configure(self._config, EmulatorConfig.model_fields)
         self.limiter = RateLimiter()
         self.files: FileStore | None = None
         self.batches: BatchManager | None = None
-        self.webhooks = WebhookSender(lambda: self.config)
+        self.webhooks = WebhookSender(lambda: self.config, self.faults.outage_left)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -202,12 +207,16 @@ class OpenAIEmulator:
     def update_config(self, **changes: Any) -> EmulatorConfig:
         """Merge ``changes`` into the config (validated); returns the new config.
 
+        Setting ``outage_seconds`` (re)starts the outage clock from now; setting
+        ``error_seed`` / ``error_rate_*`` re-seeds the random errors (:mod:`.faults`).
+
         Raises:
             pydantic.ValidationError: unknown field or invalid value.
         """
         with self._config_lock:
             merged = {**self._config.model_dump(), **changes}
             self._config = EmulatorConfig.model_validate(merged)
+            self.faults.configure(self._config, changes)
             return self._config.model_copy(deep=True)
 
     def _take_fault(self, name: str) -> bool:
@@ -219,9 +228,10 @@ class OpenAIEmulator:
             self._config = self._config.model_copy(update={name: left - 1})
             return True
 
-    def stats(self) -> dict[str, int]:
-        """Counters, as served at ``GET /_emulator/stats`` (tokens: cl100k_base)."""
-        return self.counters.snapshot(self.files.count() if self.files else 0)
+    def stats(self) -> dict[str, int | float]:
+        """Counters, as served at ``GET /_emulator/stats`` (keys: :mod:`.stats`)."""
+        files = self.files.count() if self.files else 0
+        return self.counters.snapshot(files, self.faults.outage_left())
 
     @property
     def webhook_deliveries(self) -> list[dict[str, Any]]:
@@ -239,9 +249,10 @@ class OpenAIEmulator:
 
     def reset(self) -> None:
         """Forget files, batches, counters, webhook log / pending deliveries and the
-        rate-limit window; restore the config."""
+        rate-limit window; restore the config (an initial ``outage_seconds`` restarts)."""
         with self._config_lock:
             self._config = self._initial_config.model_copy(deep=True)
+            self.faults.configure(self._config, EmulatorConfig.model_fields)
         if self.batches is not None:
             self.batches.clear()
         self.webhooks.clear()
@@ -405,11 +416,17 @@ class _Handler(BaseHTTPRequestHandler):
             if path.startswith("/_emulator/"):
                 self._admin(method, path)
             elif self._is_api:
+                self.emu.counters.add(api_requests=1)
+                if self.emu.faults.refuse():  # outage: close without any answer
+                    self.close_connection = True
+                    return
                 self._check_auth()
                 self._api(method, path, query)
             else:
                 raise APIError(404, f"Invalid URL ({method} {split.path})")
         except APIError as exc:
+            if exc.status == 401:
+                self.emu.counters.add(unauthorized=1)
             self._send_json(exc.status, exc.body(), exc.headers)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
@@ -513,36 +530,7 @@ class _Handler(BaseHTTPRequestHandler):
         cfg = emu.config
         model = body.get("model") if isinstance(body, dict) else None
         model_name = model if isinstance(model, str) else "text-embedding-3-small"
-        if cfg.insufficient_quota:
-            raise APIError(
-                429,
-                "You exceeded your current quota, please check your plan and billing details. "
-                "For more information on this error, read the docs: "
-                "https://platform.openai.com/docs/guides/error-codes/api-errors.",
-                type_="insufficient_quota",
-                code="insufficient_quota",
-            )
-        if emu._take_fault("fail_next_requests_429"):
-            emu.counters.add(rate_limited=1)
-            wait = cfg.retry_after_seconds
-            raise APIError(
-                429,
-                f"Rate limit reached for {model_name} in organization org-local-emulator on "
-                f"requests per min (RPM): Limit {cfg.rpm_limit or 3000}, Used "
-                f"{cfg.rpm_limit or 3000}, Requested 1. Please try again in "
-                f"{format_duration(wait)}. Visit https://platform.openai.com/account/"
-                "rate-limits to learn more. (emulated: fail_next_requests_429)",
-                type_="requests",
-                code="rate_limit_exceeded",
-                headers=retry_after_headers(wait),
-            )
-        if emu._take_fault("fail_next_requests_5xx"):
-            raise APIError(
-                500,
-                "The server had an error while processing your request. Sorry about that! "
-                "(emulated: fail_next_requests_5xx)",
-                type_="server_error",
-            )
+        emu.faults.check_embeddings(cfg, model_name, emu._take_fault)
         req = parse_embedding_body(body, cfg)
         req.count_tokens()
         req.check_token_limits(cfg)
@@ -576,9 +564,7 @@ class _Handler(BaseHTTPRequestHandler):
                 headers=retry_after_headers(refused.retry_after),
             )
         text = render_embedding_response(req)
-        emu.counters.add(
-            embedding_requests=1, embedding_inputs=len(req.texts), sync_billed_tokens=total
-        )
+        emu.counters.add(sync_requests=1, embedding_inputs=len(req.texts), sync_billed_tokens=total)
         self._send_bytes(200, text.encode("utf-8"), headers={"openai-model": req.model.name})
 
     # --- files -----------------------------------------------------------------------------
@@ -659,7 +645,8 @@ class _Handler(BaseHTTPRequestHandler):
                 param="file",
                 code="invalid_file_format",
             )
-        return files.adopt(file_part.path, filename, purpose)
+        expiry = form_expires_after(parts, cfg)
+        return files.adopt(file_part.path, filename, purpose, expiry)
 
     def _files_list(self, query: dict[str, list[str]]) -> None:
         assert self.emu.files is not None
@@ -713,6 +700,8 @@ class _Handler(BaseHTTPRequestHandler):
     # --- admin -----------------------------------------------------------------------------
 
     def _admin(self, method: str, path: str) -> None:
+        """The ``/_emulator/*`` routes (no auth; they answer during an outage too).
+        ``GET /_emulator/stats`` keys and units: :mod:`.stats`."""
         emu = self.emu
         if (method, path) == ("GET", "/_emulator/config"):
             return self._send_json(200, emu.config.model_dump())
@@ -761,9 +750,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finalizing-seconds", type=float, help="finalizing phase, seconds")
     p.add_argument("--cancel-seconds", type=float, help="cancelling -> cancelled, seconds")
     p.add_argument(
-        "--batch-outcome", choices=["completed", "expired", "failed"], help="how batches end"
+        "--batch-outcome",
+        choices=["completed", "expired", "cancelled", "failed"],
+        help="how batches end",
     )
-    p.add_argument("--expire-fraction", type=float, help="share done when a batch expires")
+    p.add_argument(
+        "--expire-fraction", type=float, help="share (0..1) done when a batch expires/cancels"
+    )
+    p.add_argument(
+        "--outage-seconds", type=float, help="refuse every /v1 request for this many seconds"
+    )
     p.add_argument("--fail-custom-id-pattern", help="regex: matching batch requests fail (500)")
     p.add_argument("--rpm", type=int, help="requests per minute (0 = unlimited)")
     p.add_argument("--tpm", type=int, help="tokens per minute (0 = unlimited)")
@@ -792,6 +788,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         "batch_cancel_seconds": args.cancel_seconds,
         "batch_outcome": args.batch_outcome,
         "expire_completed_fraction": args.expire_fraction,
+        "outage_seconds": args.outage_seconds,
         "fail_custom_id_pattern": args.fail_custom_id_pattern,
         "rpm_limit": args.rpm,
         "tpm_limit": args.tpm,

@@ -3,6 +3,14 @@
 File objects follow the openai SDK's ``FileObject`` type (``id`` ``file-...``, ``object``
 ``"file"``, ``bytes``, ``created_at`` in Unix seconds, ``filename``, ``purpose``,
 ``status`` ``"processed"``). Metadata is not persisted: a restarted emulator starts empty.
+
+Expiry: ``expires_at`` (Unix seconds) is ``created_at + N`` for an upload with
+``expires_after={"anchor": "created_at", "seconds": N}`` or a batch output with
+``output_expires_after``; otherwise ``created_at`` + 30 days for purposes ``batch`` /
+``batch_output`` and None (kept until deleted) for the others. Files are deleted lazily:
+once ``time.time() >= expires_at`` the next lookup, listing or count removes the file, so
+it answers 404. ``created_at`` is whole seconds, so an N-second file lives between N - 1
+and N seconds.
 """
 
 from __future__ import annotations
@@ -72,24 +80,57 @@ class FileStore:
         """A fresh path in the scratch directory (not created)."""
         return self.tmp_dir / (new_id("tmp-") + suffix)
 
-    def adopt(self, tmp_path: Path, filename: str, purpose: str) -> StoredFile:
-        """Register ``tmp_path`` (moved into the store) as a new file."""
+    def adopt(
+        self, tmp_path: Path, filename: str, purpose: str, expires_after: int | None = None
+    ) -> StoredFile:
+        """Register ``tmp_path`` (moved into the store) as a new file.
+
+        Args:
+            expires_after: lifetime in seconds from ``created_at``; None = the default
+                (30 days for batch files, no expiry for the others).
+        """
         file_id = new_id("file-")
         dest = self.files_dir / file_id
         tmp_path.replace(dest)
         now = int(time.time())
-        expires = now + BATCH_FILE_TTL_SECONDS if purpose.startswith("batch") else None
+        if expires_after is not None:
+            expires: int | None = now + expires_after
+        else:
+            expires = now + BATCH_FILE_TTL_SECONDS if purpose.startswith("batch") else None
         stored = StoredFile(file_id, filename, purpose, dest.stat().st_size, now, dest, expires)
         with self._lock:
             self._files[file_id] = stored
         return stored
 
-    def get(self, file_id: str) -> StoredFile | None:
+    def purge_expired(self) -> int:
+        """Delete every file whose ``expires_at`` has passed; returns how many."""
+        now = time.time()
         with self._lock:
-            return self._files.get(file_id)
+            gone = [
+                f for f in self._files.values() if f.expires_at is not None and now >= f.expires_at
+            ]
+            for f in gone:
+                del self._files[f.id]
+        for f in gone:
+            f.path.unlink(missing_ok=True)
+        return len(gone)
+
+    def get(self, file_id: str) -> StoredFile | None:
+        """The file, or None if unknown, deleted or expired (an expired one is deleted)."""
+        with self._lock:
+            stored = self._files.get(file_id)
+        if (
+            stored is not None
+            and stored.expires_at is not None
+            and time.time() >= stored.expires_at
+        ):
+            self.delete(file_id)
+            return None
+        return stored
 
     def list_files(self, purpose: str | None = None) -> list[StoredFile]:
-        """All files, newest first (ties: most recently added first)."""
+        """All unexpired files, newest first (ties: most recently added first)."""
+        self.purge_expired()
         with self._lock:
             files = list(self._files.values())
         files.reverse()
@@ -99,14 +140,17 @@ class FileStore:
         return files
 
     def delete(self, file_id: str) -> bool:
+        """Remove a file; False if it was unknown or already expired (404 for the caller)."""
         with self._lock:
             stored = self._files.pop(file_id, None)
         if stored is None:
             return False
         stored.path.unlink(missing_ok=True)
-        return True
+        return stored.expires_at is None or time.time() < stored.expires_at
 
     def count(self) -> int:
+        """Files currently stored (expired ones are deleted first)."""
+        self.purge_expired()
         with self._lock:
             return len(self._files)
 

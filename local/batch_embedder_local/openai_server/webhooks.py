@@ -23,7 +23,9 @@ Delivery runs in daemon threads, never in the batch worker: one attempt has a 5 
 a non-2xx answer or a connection error is retried after a short backoff (0.05 s doubling,
 capped at 1 s) up to ``webhook_max_attempts`` attempts. OpenAI retries with exponential
 backoff for up to 72 hours; the emulator keeps it short so tests stay fast. Redirects are
-not followed and proxies are bypassed: requests go only to the configured URL.
+not followed and proxies are bypassed: requests go only to the configured URL. During an
+emulated OpenAI outage (``EmulatorConfig.outage_seconds``) every attempt waits until the
+outage ends (polled every 0.05 s), then goes out: events are held, not lost.
 
 Every attempt (and every dropped or unsendable event) appends one dict to the delivery log
 (:attr:`WebhookSender.deliveries`, served at ``GET /_emulator/webhooks``)::
@@ -78,6 +80,8 @@ DELIVERY_TIMEOUT_SECONDS = 5.0
 #: Backoff before retry n (n = 1, 2, ...): FIRST * 2**(n-1), at most MAX, seconds.
 RETRY_BACKOFF_FIRST_SECONDS = 0.05
 RETRY_BACKOFF_MAX_SECONDS = 1.0
+#: How often a delivery held by an outage checks whether it has ended, seconds.
+OUTAGE_POLL_SECONDS = 0.05
 #: Shortest hold of ``webhook_reorder``, seconds (so events finishing together get reversed).
 MIN_REORDER_HOLD_SECONDS = 0.1
 USER_AGENT = "openai-emulator-webhooks/1"
@@ -148,10 +152,17 @@ class WebhookSender:
         get_config: returns the emulator's CURRENT config. ``webhook_url``, ``webhook_drop``,
             ``webhook_delay_seconds`` and ``webhook_reorder`` are read when the batch ends;
             the URL (again), secret, forge, duplicates and max attempts when sending starts.
+        outage_left: returns the seconds left of the emulator's outage (0 = none); every
+            attempt waits until it is 0. None = never held.
     """
 
-    def __init__(self, get_config: Callable[[], EmulatorConfig]) -> None:
+    def __init__(
+        self,
+        get_config: Callable[[], EmulatorConfig],
+        outage_left: Callable[[], float] | None = None,
+    ) -> None:
         self._get_config = get_config
+        self._outage_left = outage_left
         self._cond = threading.Condition()
         self._log: list[dict[str, Any]] = []
         self._stop = threading.Event()
@@ -253,8 +264,17 @@ class WebhookSender:
         for event in events:
             self._deliver(stop, event)
 
+    def _wait_outage(self, stop: threading.Event) -> bool:
+        """Wait while the emulator's outage lasts; False if stopped meanwhile."""
+        while self._outage_left is not None and (left := self._outage_left()) > 0:
+            if stop.wait(min(left, OUTAGE_POLL_SECONDS)):
+                return False
+        return not stop.is_set()
+
     def _deliver(self, stop: threading.Event, event: _Event) -> None:
         """Send every copy of ``event``, each retried until a 2xx or the attempts run out."""
+        if not self._wait_outage(stop):
+            return
         cfg = self._get_config()
         url = cfg.webhook_url
         if url is None:
@@ -266,7 +286,7 @@ class WebhookSender:
         body = event.body()
         for copy in range(1, cfg.webhook_duplicates + 1):
             for attempt in range(1, cfg.webhook_max_attempts + 1):
-                if stop.is_set():
+                if not self._wait_outage(stop):
                     return
                 headers = signed_headers(key, event.id, int(time.time()), body)
                 status, error = self._post(url, body, headers)

@@ -122,15 +122,17 @@ def reserve(
     day: str | None = None,
     hold_seconds: int = 26 * 3600,
     scope_tokens: dict[str, int] | None = None,
+    model: str = "",
 ) -> Reservation:
     """Reserve ``tokens`` for ``job_id`` in every scope, atomically and once.
 
+    ``model`` is recorded on the job's item (the sweep prices what it settles with it).
     ``scope_tokens`` gives a scope its own amount (a group's prefix holds only the tokens
     of its documents); a scope not in it is charged ``tokens``.
 
     Concurrent callers can never together hold more than a scope's limit. Calling again
     for a job that already has a reservation returns it unchanged. A reservation still
-    held after ``hold_seconds`` is released by :func:`sweep_expired` (the default outlasts
+    held after ``hold_seconds`` is settled by the sweep (:func:`held_jobs`) (the default outlasts
     the Batch API's 24 h completion window).
 
     Returns:
@@ -170,7 +172,8 @@ def reserve(
                 "UpdateExpression": (
                     "SET reservation_state = :held, reserved_tokens = :t, reservation_day = :day, "
                     "source_key = :key, created_at = :now, budget_scopes = :scopes, "
-                    "scope_tokens = :amounts, held_shard = :held, held_until = :until"
+                    "scope_tokens = :amounts, held_shard = :held, held_until = :until, "
+                    "model = :model"
                 ),
                 "ConditionExpression": "attribute_not_exists(reservation_state)",
                 "ExpressionAttributeValues": {
@@ -182,6 +185,7 @@ def reserve(
                     ":scopes": [s.name for s in scopes],
                     ":amounts": amounts,
                     ":until": now + hold_seconds,
+                    ":model": model,
                 },
             }
         }
@@ -232,26 +236,39 @@ def settle(
     billed_tokens: int,
     outcome: Literal["committed", "released", "swept"],
 ) -> tuple[int, int]:
-    """Turn the job's held reservation into ``billed_tokens`` of committed usage, once.
+    """Bring the job's committed usage up to ``billed_tokens`` (its whole bill so far).
 
-    ``outcome`` says why: ``committed`` after success, ``released`` after a failure (then
-    ``billed_tokens`` is what was billed anyway, e.g. an expired batch's finished part),
-    ``swept`` when :func:`sweep_expired` gives up on a crashed execution. A job the sweep
-    released can still commit what it was billed if it finishes after all. Calling it
-    again, or for a job without a reservation, changes nothing.
+    The first call turns the held reservation into ``billed_tokens`` of committed usage and
+    gives the rest back; ``outcome`` says why: ``committed`` after success, ``released``
+    after a failure (``billed_tokens`` is what was billed anyway), ``swept`` when a crashed
+    execution's reservation is given up. A later call (a batch of a finished job ingested
+    by the reconciler) commits only what its bill grew by. Calling it again with the same
+    bill, or for a job without a reservation, changes nothing: committed == billed, once.
 
     Returns:
-        ``(reserved tokens given back, tokens committed)``; ``(0, 0)`` when nothing changed.
+        ``(reserved tokens given back, tokens newly committed)``.
     """
     item = _job_item(jobs_table, job_id)
     state = item.get("reservation_state")
-    late_commit = state == "swept" and outcome == "committed"
-    if state != HELD and not late_commit:
+    if state is None:
         return 0, 0
-    reserved = 0 if late_commit else int(item["reserved_tokens"])
+    held_now = state == HELD
+    previous = 0 if held_now else int(item.get("billed_tokens", 0))
+    if not held_now and billed_tokens <= previous:
+        return 0, 0
+    reserved = int(item["reserved_tokens"])
     day = str(item["reservation_day"])
     scopes = [str(s) for s in item.get("budget_scopes", [])]
     amounts = {str(k): int(v) for k, v in (item.get("scope_tokens") or {}).items()}
+    condition = "reservation_state = :state" + ("" if held_now else " AND billed_tokens = :prev")
+    values: dict[str, Any] = {
+        ":outcome": outcome if held_now else state,
+        ":b": billed_tokens,
+        ":state": state,
+        ":now": int(time.time()),
+    }
+    if not held_now:
+        values[":prev"] = previous
     items: list[dict[str, Any]] = [
         {
             "Update": {
@@ -261,22 +278,22 @@ def settle(
                     "SET reservation_state = :outcome, billed_tokens = :b, settled_at = :now "
                     "REMOVE held_shard, held_until"
                 ),
-                "ConditionExpression": "reservation_state = :state",
-                "ExpressionAttributeValues": {
-                    ":outcome": outcome,
-                    ":b": billed_tokens,
-                    ":state": state,
-                    ":now": int(time.time()),
-                },
+                "ConditionExpression": condition,
+                "ExpressionAttributeValues": values,
             }
         }
     ]
     for scope in scopes:
         # A scope that held a share of the reservation commits the same share of the bill.
-        held = reserved if late_commit else amounts.get(scope, reserved)
-        share = billed_tokens
-        if held != reserved:
-            share = round(billed_tokens * held / reserved) if reserved else 0
+        held = amounts.get(scope, reserved)
+
+        def share(tokens: int, held: int = held) -> int:
+            if held == reserved:
+                return tokens
+            return round(tokens * held / reserved) if reserved else 0
+
+        committed = share(billed_tokens) - share(previous)
+        released = held if held_now else 0
         items.append(
             {
                 "Update": {
@@ -286,9 +303,9 @@ def settle(
                         "ADD held_tokens :delta, reserved_tokens :minus_r, committed_tokens :b"
                     ),
                     "ExpressionAttributeValues": {
-                        ":delta": share - held,
-                        ":minus_r": -held,
-                        ":b": share,
+                        ":delta": committed - released,
+                        ":minus_r": -released,
+                        ":b": committed,
                     },
                 }
             }
@@ -301,21 +318,15 @@ def settle(
         if cancellation_codes(exc)[:1] == ["ConditionalCheckFailed"]:
             return 0, 0  # settled concurrently by a retry
         raise
-    return max(0, reserved - billed_tokens), billed_tokens
+    given_back = max(0, reserved - billed_tokens) if held_now else 0
+    return given_back, billed_tokens - previous
 
 
-def sweep_expired(
-    *, jobs_table: str, usage_table: str, now: float | None = None
-) -> list[tuple[str, int]]:
-    """Release every reservation still held past its ``held_until`` (crashed executions).
-
-    Reads the sparse ``HeldReservations`` index (only held reservations are in it).
-
-    Returns:
-        ``[(job_id, tokens released)]``.
-    """
+def held_jobs(*, jobs_table: str, now: float | None = None) -> list[str]:
+    """The jobs whose reservation is still held past its ``held_until`` (crashed
+    executions), from the sparse ``HeldReservations`` index."""
     now = time.time() if now is None else now
-    released: list[tuple[str, int]] = []
+    found: list[str] = []
     kwargs: dict[str, Any] = {
         "TableName": jobs_table,
         "IndexName": HELD_INDEX,
@@ -324,19 +335,9 @@ def sweep_expired(
     }
     while True:
         page = ddb().query(**kwargs)
-        for item in page.get("Items", []):
-            job_id = str(item["job_id"])
-            given_back, _ = settle(
-                jobs_table=jobs_table,
-                usage_table=usage_table,
-                job_id=job_id,
-                billed_tokens=0,
-                outcome="swept",
-            )
-            if given_back:
-                released.append((job_id, given_back))
+        found.extend(str(item["job_id"]) for item in page.get("Items", []))
         if "LastEvaluatedKey" not in page:
-            return released
+            return found
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 

@@ -10,6 +10,7 @@ finished job, read by day.
 
 from __future__ import annotations
 
+import json
 import time
 from decimal import Decimal
 from typing import Any
@@ -126,3 +127,78 @@ def ledger_records(usage_table: str, day: str) -> list[dict[str, Any]]:
         if "LastEvaluatedKey" not in page:
             return records
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def update_ledger_money(
+    usage_table: str,
+    day: str,
+    job_id: str,
+    *,
+    money: dict[str, Any],
+    defaults: dict[str, Any],
+) -> None:
+    """Set the money fields of the job's ledger record (``tokens``, ``cost_usd``, ...) and
+    recompute ``total_cost_usd`` = ``cost_usd`` + ``aws_cost_usd``; ``defaults`` fill the
+    other fields of a record that does not exist yet (never overwrite them)."""
+    names: dict[str, str] = {}
+    values: dict[str, Any] = {":zero": Decimal(0)}
+    sets: list[str] = []
+    for i, (name, value) in enumerate(money.items()):
+        names[f"#m{i}"] = name
+        values[f":m{i}"] = value
+        sets.append(f"#m{i} = :m{i}")
+    for i, (name, value) in enumerate(defaults.items()):
+        names[f"#d{i}"] = name
+        values[f":d{i}"] = value
+        sets.append(f"#d{i} = if_not_exists(#d{i}, :d{i})")
+    names["#total"] = "total_cost_usd"
+    names["#aws"] = "aws_cost_usd"
+    sets.append("#total = :cost + if_not_exists(#aws, :zero)")
+    values[":cost"] = money.get("cost_usd", Decimal(0))
+    ddb().update_item(
+        TableName=usage_table,
+        Key={"pk": f"ledger#{day}", "sk": job_id},
+        UpdateExpression="SET " + ", ".join(sets),
+        ExpressionAttributeNames=names,
+        ExpressionAttributeValues=values,
+    )
+
+
+def recorded_uploads(jobs_table: str, job_id: str, round_: int) -> str | None:
+    """The batch input files uploaded for this round (JSON), or None: a retried
+    BuildAndUploadJsonl reuses them instead of uploading (and paying storage) again."""
+    name = f"uploads#{round_}"
+    item = (
+        ddb()
+        .get_item(
+            TableName=jobs_table,
+            Key={"job_id": job_id},
+            ConsistentRead=True,
+            ProjectionExpression="#u",
+            ExpressionAttributeNames={"#u": name},
+        )
+        .get("Item", {})
+    )
+    value = item.get(name)
+    return str(value) if value is not None else None
+
+
+def record_uploads(jobs_table: str, job_id: str, round_: int, files_json: str) -> None:
+    """Remember the round's uploaded batch input files (JSON)."""
+    ddb().update_item(
+        TableName=jobs_table,
+        Key={"job_id": job_id},
+        UpdateExpression="SET #u = :f",
+        ExpressionAttributeNames={"#u": f"uploads#{round_}"},
+        ExpressionAttributeValues={":f": files_json},
+    )
+
+
+def uploaded_file_ids(jobs_table: str, job_id: str) -> list[str]:
+    """Every batch input file the job uploaded, over all its rounds."""
+    item = get_job(jobs_table, job_id)
+    ids: list[str] = []
+    for name, value in item.items():
+        if str(name).startswith("uploads#"):
+            ids.extend(str(f["file_id"]) for f in json.loads(str(value)))
+    return ids

@@ -7,10 +7,13 @@ every batch of the group is terminal, completes the waiting task.
 
 Items (key ``job_id``):
 
-- ``batch#<batch id>``: ``owner`` (the group's job id), ``model``, ``input_file_id``,
-  ``status``, ``ref`` (the final BatchRef as JSON once terminal), ``created_at``; while the
-  batch is open also ``open_shard = "open"``, the sparse ``OpenBatches`` index the
-  reconciler reads (one query, never a scan).
+- ``batch#<batch id>``: ``owner`` (the group's job id), ``execution_arn`` (the owner's
+  execution), ``model``, ``dimensions``, ``manifest`` (the group's embed manifest,
+  ``bucket/key``), ``input_file_id``, ``status``, ``ref`` (the final BatchRef as JSON once
+  terminal), ``created_at``; until its output is stored in the content store (ingested)
+  also ``open_shard = "open"``, the sparse ``OpenBatches`` index the reconciler reads (one
+  query, never a scan). The registry owns the batch: when its execution is gone, the
+  reconciler still ingests its output and settles its money.
 - ``<job id>``: the group's item gains ``batch_ids`` (a string set) and ``task_token``.
 - ``webhook#<webhook-id>``: a delivery already handled (expires after 3 days, the longest
   OpenAI retries a delivery: https://platform.openai.com/docs/guides/webhooks).
@@ -24,7 +27,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ..models import BatchRef
+from ..models import BatchRef, S3Location
 from .dynamodb import ddb
 
 OPEN_SHARD = "open"
@@ -51,10 +54,16 @@ class RegisteredBatch:
     input_file_id: str
     status: str
     ref: BatchRef | None
+    dimensions: int = 0
+    execution_arn: str | None = None
+    manifest: S3Location | None = None
+    ingested: bool = False
 
 
 def _from_item(item: dict[str, Any]) -> RegisteredBatch:
     raw = item.get("ref")
+    manifest = str(item.get("manifest", ""))
+    bucket, _, key = manifest.partition("/")
     return RegisteredBatch(
         batch_id=str(item["job_id"]).removeprefix("batch#"),
         owner=str(item["owner"]),
@@ -62,6 +71,10 @@ def _from_item(item: dict[str, Any]) -> RegisteredBatch:
         input_file_id=str(item.get("input_file_id", "")),
         status=str(item.get("status", "validating")),
         ref=BatchRef.model_validate_json(str(raw)) if raw else None,
+        dimensions=int(item.get("dimensions", 0)),
+        execution_arn=str(item["execution_arn"]) if item.get("execution_arn") else None,
+        manifest=S3Location(bucket=bucket, key=key) if key else None,
+        ingested=bool(item.get("ingested", False)),
     )
 
 
@@ -71,15 +84,28 @@ class BatchRegistry:
     def __init__(self, table: str) -> None:
         self.table = table
 
-    def register(self, job_id: str, model: str, ref: BatchRef) -> None:
+    def register(
+        self,
+        job_id: str,
+        model: str,
+        ref: BatchRef,
+        *,
+        dimensions: int,
+        manifest: S3Location,
+        execution_arn: str | None,
+    ) -> None:
         """Record a created batch as open and add it to its group (idempotent)."""
+        extra: dict[str, Any] = {"execution_arn": execution_arn} if execution_arn else {}
         try:
             ddb().put_item(
                 TableName=self.table,
                 Item={
                     **_batch_key(ref.batch_id),
+                    **extra,
                     "owner": job_id,
                     "model": model,
+                    "dimensions": dimensions,
+                    "manifest": f"{manifest.bucket}/{manifest.key}",
                     "input_file_id": ref.input_file_id,
                     "status": ref.status,
                     "open_shard": OPEN_SHARD,
@@ -116,7 +142,7 @@ class BatchRegistry:
         return _from_item(item) if item else None
 
     def mark_terminal(self, ref: BatchRef) -> RegisteredBatch | None:
-        """Record the batch's final state and take it off the open index.
+        """Record the batch's final state (it stays on the open index until ingested).
 
         Returns:
             The registered batch (with ``ref``), or None if the batch is not registered.
@@ -125,7 +151,7 @@ class BatchRegistry:
             item = ddb().update_item(
                 TableName=self.table,
                 Key=_batch_key(ref.batch_id),
-                UpdateExpression="SET #s = :s, #r = :r REMOVE open_shard",
+                UpdateExpression="SET #s = :s, #r = :r",
                 ConditionExpression="attribute_exists(job_id)",
                 ExpressionAttributeNames={"#s": "status", "#r": "ref"},
                 ExpressionAttributeValues={":s": ref.status, ":r": ref.model_dump_json()},
@@ -136,6 +162,20 @@ class BatchRegistry:
                 return None
             raise
         return _from_item(item)
+
+    def mark_ingested(self, batch_id: str) -> None:
+        """Record that the batch's output is in the content store: off the open index."""
+        try:
+            ddb().update_item(
+                TableName=self.table,
+                Key=_batch_key(batch_id),
+                UpdateExpression="SET ingested = :t REMOVE open_shard",
+                ConditionExpression="attribute_exists(job_id)",
+                ExpressionAttributeValues={":t": True},
+            )
+        except ClientError as exc:
+            if not _conditional_failed(exc):
+                raise
 
     def group(self, job_id: str) -> tuple[str | None, list[RegisteredBatch]]:
         """The group's task token (None until WaitForBatches stored it) and its batches."""
@@ -157,7 +197,7 @@ class BatchRegistry:
         return (str(token) if token else None), sorted(batches, key=lambda b: b.batch_id)
 
     def open_batches(self) -> list[RegisteredBatch]:
-        """Every batch not yet seen terminal (one query of the sparse index, paginated)."""
+        """Every batch not yet ingested (one query of the sparse index, paginated)."""
         found: list[RegisteredBatch] = []
         kwargs: dict[str, Any] = {
             "TableName": self.table,

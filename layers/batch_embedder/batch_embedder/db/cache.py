@@ -1,12 +1,13 @@
-"""The embedding cache: chunks already in pgvector are never paid for twice.
+"""The embedding cache: content already paid for is never paid for twice.
 
 A chunk is known by (sha256 of its normalised text, model, dimensions). Lookups read the
-``chunks_content`` index in batches of :data:`LOOKUP_BATCH` hashes (one ``= ANY(%s)``
-query each). Content not found is *claimed* in ``embedding_claims`` by the job that will
-embed it; a job that finds a claim of another job in flight does not embed that content
-but waits for its vector to land (FetchAndWrite retries until it does). Claims are
-removed when the claiming job writes its vectors or fails, and taken over when older than
-``stale_after_seconds`` (a crashed execution).
+content store (``embeddings``, see ``db/content.py``) in batches of :data:`LOOKUP_BATCH`
+hashes (one ``= ANY(%s)`` query each). Content not found is *claimed* in
+``embedding_claims`` by the job that will embed it; a job that finds a claim of another job
+in flight does not embed that content but waits for its vector to land (FetchAndWrite
+retries until it does). A claim carries a lease (``lease_until``): it is removed when the
+claiming job ends (written, failed, or settled by the sweep or the reconciler) and taken
+over by another job once its lease has run out.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def cached_hashes(conn: Conn, hashes: Iterable[str], *, model: str, dimensions: 
     found: set[str] = set()
     for batch in _batches(sorted(set(hashes)), LOOKUP_BATCH):
         rows = conn.execute(
-            "SELECT DISTINCT content_sha256 FROM batch_embedder.chunks "
+            "SELECT content_sha256 FROM batch_embedder.embeddings "
             "WHERE content_sha256 = ANY(%s) AND model = %s AND dimensions = %s",
             (batch, model, dimensions),
         ).fetchall()
@@ -61,7 +62,8 @@ def plan(
 ) -> CacheView:
     """Split ``hashes`` into cached, claimed now by ``job_id``, and awaited from other jobs.
 
-    Idempotent for a job: calling it again (a Lambda retry) returns the same claims.
+    A claim's lease runs ``stale_after_seconds``; a claim whose lease ran out is taken
+    over. Idempotent for a job: calling it again (a Lambda retry) returns the same claims.
     """
     unique = sorted(set(hashes))
     view = CacheView(cached=cached_hashes(conn, unique, model=model, dimensions=dimensions))
@@ -70,12 +72,20 @@ def plan(
         for batch in _batches(missing, LOOKUP_BATCH):
             conn.execute(
                 "INSERT INTO batch_embedder.embedding_claims "
-                "(content_sha256, model, dimensions, job_id) "
-                "SELECT h, %s, %s, %s FROM unnest(%s::text[]) AS h "
+                "(content_sha256, model, dimensions, job_id, lease_until) "
+                "SELECT h, %(model)s, %(dims)s, %(job)s, now() + make_interval(secs => %(s)s) "
+                "FROM unnest(%(hashes)s::text[]) AS h "
                 "ON CONFLICT (content_sha256, model, dimensions) DO UPDATE "
-                "SET job_id = EXCLUDED.job_id, claimed_at = now() "
-                "WHERE embedding_claims.claimed_at < now() - make_interval(secs => %s)",
-                (model, dimensions, job_id, batch, stale_after_seconds),
+                "SET job_id = EXCLUDED.job_id, claimed_at = now(), "
+                "lease_until = EXCLUDED.lease_until "
+                "WHERE embedding_claims.lease_until < now()",
+                {
+                    "model": model,
+                    "dims": dimensions,
+                    "job": job_id,
+                    "hashes": batch,
+                    "s": stale_after_seconds,
+                },
             )
             rows = conn.execute(
                 "SELECT content_sha256, job_id FROM batch_embedder.embedding_claims "

@@ -18,10 +18,17 @@ _lock = threading.Lock()
 def connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
     """Open a connection to ``url``, migrate the schema once per process, register vectors.
 
+    The connection is in autocommit mode: every ``conn.transaction()`` block is a real
+    transaction, committed when it ends. The content store relies on that: a purchase
+    stored before a later request fails stays stored (an implicit transaction around the
+    whole step would roll it back with the failure).
+
     Raises:
         psycopg.OperationalError: the server cannot be reached.
     """
-    conn: psycopg.Connection[tuple[object, ...]] = psycopg.connect(url, connect_timeout=15)
+    conn: psycopg.Connection[tuple[object, ...]] = psycopg.connect(
+        url, connect_timeout=15, autocommit=True
+    )
     with _lock:
         if url not in _migrated:
             migrate(conn)

@@ -6,6 +6,8 @@ Everything lives in the ``batch_embedder`` schema:
   column is an untyped ``vector`` so several models/dimensions can coexist (a model change
   never overwrites the old vectors). It is also the embedding cache: a chunk whose
   (content sha256, model, dimensions) is already here is never embedded again.
+- ``embeddings`` and ``purchases``: the content store (``db/content.py``), every vector
+  paid for and what it cost, kept the moment it comes back; the cache reads it.
 - ``embedding_claims``: content an execution is embedding right now, so that concurrent
   executions pay for each distinct chunk once.
 - one HNSW cosine index per (model, dimensions), an expression index on
@@ -78,6 +80,48 @@ MIGRATIONS: list[tuple[int, str]] = [
             PRIMARY KEY (content_sha256, model, dimensions)
         );
         CREATE INDEX embedding_claims_job ON batch_embedder.embedding_claims (job_id);
+        """,
+    ),
+    (
+        3,
+        """
+        -- The content store (db/content.py): every vector paid for, kept as it comes back,
+        -- and every purchase with the tokens OpenAI billed for it.
+        CREATE TABLE batch_embedder.embeddings (
+            content_sha256  text        NOT NULL,
+            model           text        NOT NULL,
+            dimensions      integer     NOT NULL,
+            embedding       vector      NOT NULL,
+            token_count     integer     NOT NULL CHECK (token_count > 0),
+            purchase_id     text        NOT NULL,
+            created_at      timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (content_sha256, model, dimensions),
+            CONSTRAINT embeddings_dimensions CHECK (vector_dims(embedding) = dimensions)
+        );
+        INSERT INTO batch_embedder.embeddings
+            (content_sha256, model, dimensions, embedding, token_count, purchase_id, created_at)
+        SELECT DISTINCT ON (content_sha256, model, dimensions) content_sha256, model,
+            dimensions, embedding, token_count, 'before-content-store', created_at
+        FROM batch_embedder.chunks ORDER BY content_sha256, model, dimensions, id;
+        CREATE TABLE batch_embedder.purchases (
+            purchase_id     text        PRIMARY KEY,
+            job_id          text        NOT NULL,
+            api             text        NOT NULL CHECK (api IN ('batch', 'sync')),
+            state           text        NOT NULL CHECK (state IN ('sent', 'stored', 'lost')),
+            tokens          integer     NOT NULL DEFAULT 0 CHECK (tokens >= 0),
+            vectors         integer     NOT NULL DEFAULT 0,
+            repaid_tokens   integer     NOT NULL DEFAULT 0,
+            contents        text[],
+            model           text        NOT NULL,
+            dimensions      integer     NOT NULL,
+            created_at      timestamptz NOT NULL DEFAULT now(),
+            stored_at       timestamptz
+        );
+        CREATE INDEX purchases_job ON batch_embedder.purchases (job_id);
+        CREATE INDEX purchases_lost ON batch_embedder.purchases (state) WHERE state <> 'stored';
+        -- Claims carry a lease: taken over once it has run out.
+        ALTER TABLE batch_embedder.embedding_claims
+            ADD COLUMN lease_until timestamptz NOT NULL DEFAULT now() + interval '26 hours';
         """,
     ),
 ]

@@ -33,13 +33,13 @@ class ChunkWriter:
 
         with ChunkWriter(conn, bucket=b, lock_keys=ks, job_id=j, model=m, dimensions=d) as w:
             w.copy_chunks(rows)      # records.ChunkRow
-            w.copy_vectors(pairs)    # (sha256, float32 array of `dimensions`)
-            w.fill_from_cache()      # vectors of content already stored
-            if w.missing(): raise ...
+            w.fill_from_cache()      # vectors from the content store
+            incomplete = w.drop_incomplete()
             written, moved, deleted = w.merge()
 
-    Vectors are keyed by content sha256: a chunk's vector comes from this job's embeddings
-    or from the cache (``chunks`` itself), never paid for twice.
+    Vectors are keyed by content sha256 and come from the content store
+    (``db/content.py``), where every vector is kept the moment it is paid for;
+    ``copy_vectors`` stages vectors directly (benchmarks).
     """
 
     def __init__(
@@ -142,21 +142,35 @@ class ChunkWriter:
         return n
 
     def fill_from_cache(self) -> int:
-        """Stage the stored vectors of content this job did not embed itself.
+        """Stage the vectors of the content store (``db/content.py``) for the staged chunks.
 
         Returns:
-            Distinct contents found in the cache.
+            Distinct contents found in the store.
         """
         return self.conn.execute(
             sql.SQL(
                 "INSERT INTO _vectors (sha256, embedding) "
-                "SELECT DISTINCT ON (c.content_sha256) c.content_sha256, c.embedding "
-                "FROM {schema}.chunks c WHERE c.model = %(model)s AND c.dimensions = %(dims)s "
-                "AND c.content_sha256 IN (SELECT sha256 FROM _chunks "
+                "SELECT e.content_sha256, e.embedding "
+                "FROM {schema}.embeddings e WHERE e.model = %(model)s "
+                "AND e.dimensions = %(dims)s "
+                "AND e.content_sha256 IN (SELECT sha256 FROM _chunks "
                 "EXCEPT SELECT sha256 FROM _vectors)"
             ).format(schema=sql.Identifier(SCHEMA)),
             self._params,
         ).rowcount
+
+    def drop_incomplete(self) -> list[str]:
+        """Unstage every document with a chunk that has no vector: a document is written
+        whole or not at all (its stored rows stay as they are).
+
+        Returns:
+            The keys of the documents left out, sorted.
+        """
+        rows = self.conn.execute(
+            "DELETE FROM _chunks WHERE source_key IN (SELECT DISTINCT source_key FROM _chunks "
+            "WHERE sha256 NOT IN (SELECT sha256 FROM _vectors)) RETURNING source_key"
+        ).fetchall()
+        return sorted({str(r[0]) for r in rows})
 
     def missing(self) -> list[str]:
         """Content hashes of staged chunks that have no vector yet."""

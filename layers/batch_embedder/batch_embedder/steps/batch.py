@@ -14,6 +14,7 @@ import openai
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from openai.types import Batch
+from pydantic import TypeAdapter
 
 from ..aws import jobs, s3
 from ..aws.registry import BatchRegistry
@@ -31,6 +32,11 @@ logger = Logger(child=True)
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "expired", "cancelled"})
 #: How far back CreateBatch looks for a batch it may have created before a crash.
 RECOVERY_SCAN_LIMIT = 500
+#: Seconds an input file lives at most: the 24 h completion window plus a day. It is
+#: deleted as soon as its batch ends; the expiry only catches files a retry orphaned
+#: (https://platform.openai.com/docs/api-reference/files/create).
+INPUT_FILE_TTL_SECONDS = 48 * 3600
+_BATCH_FILES = TypeAdapter(list[BatchFile])
 
 
 def build_and_upload_jsonl(
@@ -43,21 +49,29 @@ def build_and_upload_jsonl(
     by documents of prefixes over budget.
 
     Files are written to a temporary directory (Lambda: ``/tmp``) and uploaded with
-    ``purpose="batch"``.
+    ``purpose="batch"`` and an expiry; the round's file ids are recorded in the job's item,
+    so a retry reuses them.
 
     Raises:
         openai.APIError: the upload failed after the SDK's retries.
     """
+    recorded = jobs.recorded_uploads(settings.jobs_table, job.job_id, job.embed_round)
+    if recorded is not None:  # a retry: the files of this round are uploaded already
+        files = _BATCH_FILES.validate_json(recorded)
+        return UploadedJob(**job.model_dump(), batch_files=files)
     client = get_client(settings)
     uploaded: list[BatchFile] = []
     assert job.embed is not None and job.embed.manifest is not None, "CheckCache runs first"
-    source = job.embed.manifest
+    # The next round takes the pending contents (urgent or not); the first, the plan's
+    # non-urgent ones (the urgent ones went through EmbedSync).
+    source = job.pending.manifest if job.pending is not None else job.embed.manifest
+    first_round = job.pending is None
     excluded = set(job.excluded_prefixes)
     with tempfile.TemporaryDirectory(prefix="batch-embedder-") as tmp:
         rows = (
             (r.seq, r.text, r.token_count)
             for r in (EmbedRow.model_validate(x) for x in s3.iter_jsonl(source.bucket, source.key))
-            if not r.urgent and r.needed(excluded)
+            if not (first_round and r.urgent) and r.needed(excluded)
         )
         planned = write_batch_files(
             rows,
@@ -73,7 +87,12 @@ def build_and_upload_jsonl(
         )
         for f in planned:
             with f.path.open("rb") as fh:
-                created = client.files.create(file=(f.path.name, fh), purpose="batch")
+                # Expires on its own: a file a retried upload orphaned is never left behind.
+                created = client.files.create(
+                    file=(f.path.name, fh),
+                    purpose="batch",
+                    expires_after={"anchor": "created_at", "seconds": INPUT_FILE_TTL_SECONDS},
+                )
             uploaded.append(
                 BatchFile(
                     file_id=created.id,
@@ -83,6 +102,12 @@ def build_and_upload_jsonl(
                     bytes=f.bytes,
                 )
             )
+    jobs.record_uploads(
+        settings.jobs_table,
+        job.job_id,
+        job.embed_round,
+        _BATCH_FILES.dump_json(uploaded).decode(),
+    )
     logger.info("uploaded batch files", extra={"files": [u.file_id for u in uploaded]})
     return UploadedJob(**job.model_dump(), batch_files=uploaded)
 
@@ -149,6 +174,7 @@ def create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
     client = get_client(settings)
     queue = batch_queue(settings, job.model)
     refs: list[BatchRef] = []
+    assert job.embed is not None and job.embed.manifest is not None, "CheckCache runs first"
     source = f"s3://{job.bucket}/{job.source}"
     registry = BatchRegistry(settings.jobs_table)
     for f in job.batch_files:
@@ -178,6 +204,10 @@ def create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
                     input_file_id=f.file_id,
                     endpoint=ENDPOINT,
                     completion_window="24h",
+                    output_expires_after={
+                        "anchor": "created_at",
+                        "seconds": settings.output_retention_days * 86400,
+                    },
                     metadata={
                         "job_id": job.job_id,
                         "source": source[:512],
@@ -190,7 +220,14 @@ def create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
             emit("batches_created", 1, MetricUnit.Count)
         jobs.record_batch(settings.jobs_table, job.job_id, f.file_id, batch.id)
         ref = BatchRef(batch_id=batch.id, input_file_id=f.file_id, status=batch.status)
-        registry.register(job.job_id, job.model, ref)
+        registry.register(
+            job.job_id,
+            job.model,
+            ref,
+            dimensions=job.dimensions,
+            manifest=job.embed.manifest,
+            execution_arn=job.execution_arn,
+        )
         refs.append(ref)
     logger.info("batches created", extra={"batches": [r.batch_id for r in refs]})
     emit("enqueued_tokens", queue.state().enqueued_tokens, MetricUnit.Count)

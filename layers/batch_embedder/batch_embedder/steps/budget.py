@@ -1,6 +1,7 @@
-"""BudgetCheck: reserve the job's estimated tokens against today's (UTC) budgets.
+"""BudgetCheck: check the API key, then reserve the job's tokens against today's (UTC)
+budgets.
 
-Also the scheduled sweep that releases reservations crashed executions left behind.
+Also the scheduled sweep that settles reservations crashed executions left behind.
 """
 
 from __future__ import annotations
@@ -8,14 +9,16 @@ from __future__ import annotations
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
-from ..aws import budget, s3
+from ..aws import budget, jobs, s3
 from ..errors import BudgetExceededError
 from ..metrics import emit
 from ..models import BudgetDecision, ChunkedJob
+from ..openai_client import check_provider
 from ..records import EmbedRow
 from ..service_models import ScheduledEvent, SweepResult
 from ..settings import Settings
 from .cache import api_for
+from .settle import collect_batches, resettle
 
 logger = Logger(child=True)
 
@@ -94,7 +97,10 @@ def reserve_budget(job: ChunkedJob, settings: Settings) -> BudgetDecision:
     Raises:
         BudgetExceededError: the model's counter has no room (action ``fail``, or the group
             is larger than a whole day's limit); nothing is reserved then.
+        ProviderAuthFailedError: OpenAI refused the API key (checked first, with one
+            ``GET /v1/models/{model}``, which is not billed); nothing is reserved.
     """
+    check_provider(settings, job.model, job.source)
     day = budget.utc_day()
     excluded = {
         p
@@ -120,6 +126,7 @@ def reserve_budget(job: ChunkedJob, settings: Settings) -> BudgetDecision:
                 hold_seconds=settings.reservation_hold_seconds,
                 scope_tokens={f"prefix:{p}": t for p, t in shares.items()},
                 day=day,
+                model=job.model,
             )
         except BudgetExceededError as exc:
             if exc.scope.startswith("prefix:"):  # lost a race for a prefix: leave it out
@@ -142,14 +149,33 @@ def reserve_budget(job: ChunkedJob, settings: Settings) -> BudgetDecision:
     raise RuntimeError("budget prefixes kept changing while reserving")  # pragma: no cover
 
 
-def sweep_reservations(_event: ScheduledEvent, settings: Settings) -> SweepResult:
-    """Release reservations held past ``RESERVATION_HOLD_SECONDS`` (crashed executions)."""
-    released = budget.sweep_expired(
-        jobs_table=settings.jobs_table, usage_table=settings.usage_table
-    )
-    if released:
-        logger.warning("released stale reservations", extra={"jobs": released})
-    emit("reservations_swept", len(released), MetricUnit.Count)
-    return SweepResult(
-        released_jobs=[job for job, _ in released], released_tokens=sum(t for _, t in released)
-    )
+def sweep_reservations(event: ScheduledEvent, settings: Settings) -> SweepResult:
+    """Settle the reservations held past ``RESERVATION_HOLD_SECONDS`` (crashed executions)
+    at the event's ``time``.
+
+    Each job's running batches are cancelled and its finished ones ingested
+    (``steps.settle.collect_batches``); then its reservation is released after committing
+    what the content store recorded as billed, and its claims are released.
+    """
+    swept: list[str] = []
+    given_back = committed = 0
+    for job_id in budget.held_jobs(jobs_table=settings.jobs_table, now=event.epoch_seconds()):
+        collected = collect_batches(settings, job_id)
+        item = jobs.get_job(settings.jobs_table, job_id)
+        before = int(item.get("reserved_tokens", 0))
+        bill = resettle(
+            settings,
+            job_id,
+            model=str(item.get("model") or settings.embedding_model),
+            reason=f"{item.get('source_key', job_id)}: the execution did not finish within "
+            f"{settings.reservation_hold_seconds} s; its reservation was swept",
+        )
+        swept.append(job_id)
+        given_back += max(0, before - bill.tokens)
+        committed += bill.tokens
+        logger.warning(
+            "swept a stale reservation",
+            extra={"job_id": job_id, "billed_tokens": bill.tokens, "batches": collected.ingested},
+        )
+    emit("reservations_swept", len(swept), MetricUnit.Count)
+    return SweepResult(released_jobs=swept, released_tokens=given_back, committed_tokens=committed)

@@ -7,7 +7,8 @@ without transitions. The wait ends when every batch of the group is terminal:
 - **the webhook receiver** (a Lambda Function URL) gets OpenAI's ``batch.*`` event,
   verifies its signature with the SDK, retrieves the batch and records it;
 - **the reconciler** (scheduled every ``ReconcileMinutes``) retrieves every open batch of
-  the deployment: it covers lost webhooks and accounts without webhooks.
+  the deployment: it covers lost webhooks and accounts without webhooks, and brings in
+  the batches of executions that are gone (``steps.settle``).
 
 Whoever records the last terminal batch of a group sends ``SendTaskSuccess`` with a
 :class:`BatchesOutcome`. Both sides store first and read second (the waiter stores the
@@ -34,7 +35,7 @@ from openai.types.webhooks import (
 )
 from pydantic import BaseModel
 
-from ..aws import metering
+from ..aws import jobs, metering
 from ..aws.clients import client
 from ..aws.registry import BatchRegistry, RegisteredBatch
 from ..aws.secrets import webhook_secret
@@ -51,6 +52,7 @@ from ..service_models import (
 )
 from ..settings import Settings
 from .batch import TERMINAL, overall_status, release_queue, to_ref, usage_tokens
+from .settle import collect_batches, resettle
 
 logger = Logger(child=True)
 
@@ -192,23 +194,73 @@ def receive_webhook(event: FunctionUrlRequest, settings: Settings) -> WebhookRes
     return WebhookResponse.of(200, "ok")
 
 
-def reconcile(_event: ScheduledEvent, settings: Settings) -> ReconcileResult:
-    """The reconciler: retrieve every open batch once and record the terminal ones.
+def _owner_alive(settings: Settings, registered: RegisteredBatch) -> bool:
+    """Whether the batch's execution still runs (so it will ingest the batch itself)."""
+    if "status" in jobs.get_job(settings.jobs_table, registered.owner):
+        return False  # RecordCost or RecordFailure ran
+    if not registered.execution_arn:
+        return True
+    try:
+        described = client("stepfunctions").describe_execution(
+            executionArn=registered.execution_arn
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ExecutionDoesNotExist":
+            return False
+        raise
+    return str(described["status"]) == "RUNNING"
 
-    Its cost is per open batch per run (``ReconcileMinutes``), never per document.
+
+def reconcile(_event: ScheduledEvent, settings: Settings) -> ReconcileResult:
+    """The reconciler: retrieve every open batch once and record the terminal ones; bring
+    in the batches whose execution is gone.
+
+    A batch stays open until its output is in the content store. When its execution has
+    ended (failed, timed out, aborted), the reconciler cancels it if it still runs (nobody
+    will read it), ingests what it returned, and settles the owner's money again
+    (``steps.settle``): no paid batch is abandoned. Its cost is per open batch per run
+    (``ReconcileMinutes``), never per document.
     """
     api = get_client(settings)
     registry = _registry(settings)
     open_batches: list[RegisteredBatch] = registry.open_batches()
-    finished = sent = 0
+    finished = sent = cancelled = 0
+    alive: dict[str, bool] = {}
+    orphans: dict[str, str] = {}
     for registered in open_batches:
-        try:
-            batch = api.batches.retrieve(registered.batch_id)
-        except openai.APIError:
-            logger.exception("could not retrieve a batch; next run", extra={"batch": registered})
-            continue
-        if batch.status in TERMINAL:
-            finished += 1
-            sent += int(record_batch(settings, batch))
+        if registered.owner not in alive:
+            alive[registered.owner] = _owner_alive(settings, registered)
+        owner_alive = alive[registered.owner]
+        if registered.ref is None:
+            try:
+                batch = api.batches.retrieve(registered.batch_id)
+                if batch.status in TERMINAL:
+                    finished += 1
+                    sent += int(record_batch(settings, batch))
+                elif not owner_alive and batch.status != "cancelling":
+                    api.batches.cancel(registered.batch_id)
+                    cancelled += 1
+                    continue
+                else:
+                    continue
+            except openai.APIError:
+                logger.exception("could not reach a batch; next run", extra={"batch": registered})
+                continue
+        if not owner_alive:
+            orphans[registered.owner] = registered.model
+    adopted = 0
+    for owner, model in orphans.items():
+        collected = collect_batches(settings, owner)
+        adopted += len(collected.ingested)
+        resettle(settings, owner, model=model, reason=f"{owner}: execution ended before its "
+                 "batches did; the reconciler stored their vectors and settled them")  # fmt: skip
     emit("batches_in_flight", len(open_batches) - finished, MetricUnit.Count)
-    return ReconcileResult(open_batches=len(open_batches), finished=finished, completions_sent=sent)
+    if adopted:
+        emit("batches_adopted", adopted, MetricUnit.Count)
+    return ReconcileResult(
+        open_batches=len(open_batches),
+        finished=finished,
+        completions_sent=sent,
+        cancelled=cancelled,
+        adopted=adopted,
+    )

@@ -23,8 +23,6 @@ from ..aws import budget, jobs, metering, s3
 from ..aws.clients import client
 from ..metrics import emit
 from ..models import DocumentResult, JobSummary, WrittenJob
-from ..openai_client import get_client
-from ..openai_files import delete_files
 from ..records import DocumentOutcome, LedgerRecord, usd
 from ..settings import Settings
 
@@ -120,7 +118,6 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
     cached content costs nothing. Writes one :class:`LedgerRecord` (USD rounded to 9
     decimals; the documents left out by name) and every document's result and cost share
     to ``results/<day>/<job>.jsonl`` (:class:`DocumentResult`), which the record points at.
-    Then deletes the batches' output and error files at OpenAI (nothing reads them after).
     Idempotent: a retry commits nothing twice and overwrites the same record.
 
     Returns:
@@ -174,6 +171,7 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
         chunks=sum(r.chunks for r in embedded),
         tokens=job.tokens,
         billed_tokens=billed,
+        repaid_tokens=written.repaid_tokens if written else 0,
         vectors_written=written.vectors_written if written else 0,
         batches=len(job.final_batches),
         cost_usd=usd(cost),
@@ -214,6 +212,7 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
                 "cache_hits",
                 "tokens_saved",
                 "cost_avoided_usd",
+                "repaid_tokens",
             }
         ),
         source=f"s3://{job.bucket}/{job.source}",
@@ -227,11 +226,6 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
         results=f"s3://{settings.work_bucket}/{results_key}",
     )
     jobs.put_ledger_record(settings.usage_table, day, job.job_id, record.model_dump())
-    if job.final_batches:  # every vector is stored and every token counted: drop the outputs
-        delete_files(
-            get_client(settings),
-            [f for b in job.final_batches for f in (b.output_file_id, b.error_file_id)],
-        )
     jobs.mark_finished(
         settings.jobs_table,
         job.job_id,

@@ -1,9 +1,11 @@
 """RecordFailure: every failure path ends here before its Fail state.
 
-It names the Fail state, writes a cause that names the file and the reason, cancels
-batches still running, commits whatever was billed anyway (an expired batch's finished
-part, the good lines of a batch with failed ones) and releases the rest of the
-reservation, so no budget is left reserved.
+It names the Fail state and writes a cause that names the file and the reason. It brings
+in the job's batches (running ones are cancelled, finished ones ingested: their vectors
+are kept in the content store), commits exactly what the content store recorded as
+billed (batch and synchronous), releases the rest of the reservation and the job's claims
+and queue tokens, and writes the ledger record. Whatever it cannot reach now (OpenAI
+down) the reconciler brings in later, settling the difference.
 """
 
 from __future__ import annotations
@@ -15,17 +17,16 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from .. import pricing
 from ..aws import budget, jobs, metering
-from ..db import cache
-from ..db.connection import connect_settings
+from ..aws.registry import BatchRegistry
+from ..db.content import Billed
 from ..metrics import emit
-from ..models import BatchRef, FailedState, FailureInput, FailureOutcome
-from ..openai_client import get_client
-from ..openai_files import iter_jsonl_file
-from ..records import BatchOutputLine, LedgerRecord, usd
+from ..models import FailedState, FailureInput, FailureOutcome
+from ..records import LedgerRecord, usd
 from ..settings import Settings
-from .batch import TERMINAL, release_queue, to_ref, usage_tokens
+from .batch import release_queue
 from .chunk import describe
 from .cost import common_prefix, queue_usage
+from .settle import collect_batches, job_bill, openai_cost, release_claims
 
 logger = Logger(child=True)
 
@@ -34,6 +35,12 @@ ERROR_STATES: dict[str, FailedState] = {
     "BudgetExceededError": "BudgetExceeded",
     "EmbeddingsIncompleteError": "EmbeddingsIncomplete",
     "CacheNotReadyError": "EmbeddingsIncomplete",
+    "BatchFailedError": "BatchFailed",
+    "BatchExpiredError": "BatchExpired",
+    "BatchCancelledError": "BatchCancelled",
+    "ProviderAuthFailedError": "ProviderAuthFailed",
+    "AuthenticationError": "ProviderAuthFailed",
+    "PermissionDeniedError": "ProviderAuthFailed",
 }
 BATCH_STATES: dict[str, FailedState] = {
     "failed": "BatchFailed",
@@ -61,50 +68,20 @@ def error_message(cause: str) -> str:
     return cause
 
 
-def _batch_cause(key: str, status: str, batches: list[BatchRef], details: list[str]) -> str:
-    done = sum(b.completed_requests for b in batches)
-    failed = sum(b.failed_requests for b in batches)
-    total = sum(b.total_requests for b in batches)
-    ids = ", ".join(b.batch_id for b in batches if b.status == status)
-    text = (
-        f"{key}: batch {ids} ended '{status}' with {done}/{total} requests completed "
-        f"and {failed} failed; no vectors were written"
-    )
-    return f"{text}; {'; '.join(details)}" if details else text
+def _bill(settings: Settings, failure: FailureInput, batches: int) -> Billed:
+    """The job's bill; 0 when the database cannot be reached and nothing was bought yet.
 
-
-def _billed_tokens(
-    settings: Settings, batch_ids: list[str]
-) -> tuple[int, list[BatchRef], list[str]]:
-    """Tokens billed by the job's batches so far; cancels those still running."""
-    client = get_client(settings)
-    billed = 0
-    refs: list[BatchRef] = []
-    details: list[str] = []
-    for batch_id in batch_ids:
-        batch = client.batches.retrieve(batch_id)
-        if batch.status not in TERMINAL and batch.status != "cancelling":
-            batch = client.batches.cancel(batch_id)
-        refs.append(to_ref(batch))
-        for err in (batch.errors.data or []) if batch.errors else []:
-            details.append(f"line {err.line}: {err.message}" if err.line else str(err.message))
-        tokens = usage_tokens(batch)
-        if tokens is not None:
-            billed += tokens
-        elif batch.output_file_id:
-            for record in iter_jsonl_file(client, batch.output_file_id):
-                billed += BatchOutputLine.model_validate(record).billed_tokens
-    return billed, refs, details
-
-
-def _release_claims(settings: Settings, job_id: str) -> None:
-    """Let other executions embed what this one had claimed (best effort: claims also go
-    stale after ``CLAIM_STALE_SECONDS``)."""
+    Raises:
+        psycopg.OperationalError: the database is down and something may have been bought
+            (the state machine retries; the sweep settles it if it never comes back).
+    """
     try:
-        with connect_settings(settings) as conn, conn.transaction():
-            cache.release_claims(conn, job_id)
+        return job_bill(settings, failure.job_id)
     except Exception:
-        logger.exception("could not release the job's content claims; they will go stale")
+        if batches or failure.sync_outputs:
+            raise
+        logger.exception("could not read the bill; nothing was bought before this state")
+        return Billed()
 
 
 def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
@@ -116,19 +93,14 @@ def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
         the error name and a cause for a person.
     """
     key = _source_key(failure)
-    billed = 0
-    details: list[str] = []
-    refs = failure.outcome.batches if failure.outcome is not None else (failure.batches or [])
-    if refs:
-        try:
-            billed, refs, details = _billed_tokens(settings, [b.batch_id for b in refs])
-        except Exception:  # a failure path must still release the reservation
-            logger.exception("could not read the batches' usage; committing 0 tokens")
-    _release_claims(settings, failure.job_id)
-    if failure.batch_files:
-        # Running batches were cancelled above: none counts against the queue any more.
-        model = failure.model or settings.embedding_model
-        release_queue(settings, failure.job_id, model, [f.file_id for f in failure.batch_files])
+    model = failure.model or settings.embedding_model
+    collected = collect_batches(settings, failure.job_id)
+    _, registered = BatchRegistry(settings.jobs_table).group(failure.job_id)
+    bill = _bill(settings, failure, len(registered))
+    release_claims(settings, failure.job_id)
+    files = [b.input_file_id for b in registered] + [f.file_id for f in failure.batch_files or []]
+    if files:  # running batches were cancelled above: none counts against the queue now
+        release_queue(settings, failure.job_id, model, sorted(set(files)))
     if failure.error is not None:
         error = failure.error.error
         state: FailedState = ERROR_STATES.get(error, "PipelineError")
@@ -138,30 +110,26 @@ def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
         status = failure.outcome.status if failure.outcome else "failed"
         state = BATCH_STATES.get(status, "PipelineError")
         error = state
-        cause = _batch_cause(key, status, refs, details)
-    # Tokens bought through the synchronous API (urgent documents) are billed too.
-    sync_billed = sum(o.billed_tokens for o in failure.sync_outputs)
-    released, committed = budget.settle(
+        cause = f"{key}: a batch ended '{status}'"
+    if collected.errors:
+        cause += f" (batches left for the reconciler: {'; '.join(collected.errors)[:500]})"
+    released, _ = budget.settle(
         jobs_table=settings.jobs_table,
         usage_table=settings.usage_table,
         job_id=failure.job_id,
-        billed_tokens=billed + sync_billed,
+        billed_tokens=bill.tokens,
         outcome="released",
     )
-    model = failure.model or settings.embedding_model
     uploads = failure.uploads if isinstance(failure.uploads, int) else len(failure.uploads or [])
     aws = failure.aws + queue_usage(uploads) + metering.snapshot()
     if failure.outcome is not None:
         aws = aws + failure.outcome.aws
     item = jobs.get_job(settings.jobs_table, failure.job_id)
     price = pricing.price_for(model)
-    sync_part = min(sync_billed, committed)
-    openai_usd = pricing.cost_usd(committed - sync_part, price.batch) + pricing.cost_usd(
-        sync_part, price.standard
-    )
-    standard_usd = pricing.cost_usd(committed, price.standard)
+    openai_usd, standard_usd = openai_cost(model, bill)
     day = str(item.get("reservation_day") or budget.utc_day())
     aws_cost = usd(aws.cost_usd())
+    only_sync = bill.sync_tokens == bill.tokens > 0
     record = LedgerRecord(
         job_id=failure.job_id,
         source=key,
@@ -169,12 +137,13 @@ def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
         model=model,
         status="FAILED",
         api="sync+batch"
-        if sync_part and committed > sync_part
-        else ("sync" if sync_part else "batch"),
+        if bill.sync_tokens and bill.batch_tokens
+        else ("sync" if bill.sync_tokens else "batch"),
         prefix=common_prefix([key]),
-        batches=len(refs),
-        tokens=committed,
-        price_per_million_usd=float(price.standard if sync_part == committed > 0 else price.batch),
+        batches=len(registered),
+        tokens=bill.tokens,
+        repaid_tokens=bill.repaid_tokens,
+        price_per_million_usd=float(price.standard if only_sync else price.batch),
         cost_usd=usd(openai_usd),
         aws_cost_usd=aws_cost,
         total_cost_usd=usd(float(openai_usd) + aws_cost),
@@ -198,5 +167,5 @@ def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
         error=error,
         cause=cause[:32000],
         released_tokens=released,
-        billed_tokens=committed,
+        billed_tokens=bill.tokens,
     )

@@ -1,84 +1,103 @@
-"""FetchAndWrite: stream the new embeddings and write every chunk's vector to pgvector."""
+"""FetchAndWrite: keep every vector that came back, write every document that is complete,
+and send what is missing round again.
+
+1. Each terminal batch of the group is ingested into the content store (``steps.ingest``):
+   its vectors and its billed tokens, in one transaction, once.
+2. The group's documents are staged and their vectors read from the store. A document
+   with every chunk's vector is merged into ``chunks`` (whole, atomically); one with a
+   missing chunk is left as it was.
+3. Contents of this group still without a vector (failed request lines, the unreturned
+   part of an expired, failed or cancelled batch) become :class:`PendingWork`: embedded
+   synchronously when an urgent document needs them or ``SYNC_FALLBACK`` is on, else in
+   the next batch, for at most ``EMBED_ROUNDS`` rounds; then the execution ends in a
+   named failure that lists the documents not written.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
-import numpy as np
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from ..aws import s3
-from ..batch_files import parse_custom_id
+from ..aws.registry import BatchRegistry
 from ..db import cache
 from ..db.connection import connect_settings
+from ..db.content import ContentStore, billed
 from ..db.vectors import ChunkWriter
-from ..errors import CacheNotReadyError, EmbeddingsIncompleteError
+from ..errors import (
+    BatchCancelledError,
+    BatchExpiredError,
+    BatchFailedError,
+    CacheNotReadyError,
+    EmbeddingsIncompleteError,
+)
 from ..metrics import emit
-from ..models import WriteInput, WriteResult, WrittenJob
+from ..models import PendingWork, S3Location, WriteInput, WriteResult, WrittenJob
 from ..openai_client import get_client
-from ..openai_files import decode_embedding, iter_jsonl_file
-from ..records import BatchOutputLine, ChunkRow, DocumentOutcome, EmbedRow
+from ..records import ChunkRow, DocumentOutcome, EmbedRow
 from ..settings import Settings
+from .batch import TERMINAL
+from .chunk import describe, job_key
+from .ingest import ingest_batch, load_manifest
 
 logger = Logger(child=True)
 
 
-class _OutputReader:
-    """Turns output records (Batch API or sync) into ``(sha256, vector)``, summing usage."""
+def _pending(job: WriteInput, missing: set[str], round_: int) -> tuple[list[EmbedRow], str]:
+    """The embed rows still to buy, written to ``jobs/<job>/pending-<round>.jsonl``."""
+    assert job.embed is not None and job.embed.manifest is not None
+    rows = [
+        row
+        for row in (
+            EmbedRow.model_validate(x)
+            for x in s3.iter_jsonl(job.embed.manifest.bucket, job.embed.manifest.key)
+        )
+        if row.sha256 in missing
+    ]
+    key = job_key(job.job_id, f"pending-{round_}.jsonl")
+    return rows, key
 
-    def __init__(self, job_id: str, seq_to_sha: dict[int, str]) -> None:
-        self.job_id = job_id
-        self.seq_to_sha = seq_to_sha
-        self.billed_tokens = 0
-        self.failed_requests = 0
 
-    def vectors(
-        self, records: Iterator[dict[str, Any]]
-    ) -> Iterator[tuple[str, np.ndarray[Any, Any]]]:
-        for raw in records:
-            line = BatchOutputLine.model_validate(raw)
-            job_id, first, end = parse_custom_id(line.custom_id)
-            if job_id != self.job_id:
-                raise ValueError(f"output line of another job: {line.custom_id!r}")
-            body = line.embeddings
-            if body is None:
-                self.failed_requests += 1
-                continue
-            self.billed_tokens += body.usage.total_tokens
-            if len(body.data) != end - first:
-                raise ValueError(
-                    f"{line.custom_id}: {len(body.data)} vectors for {end - first} inputs"
-                )
-            for item in body.data:
-                seq = first + item.index
-                if not first <= seq < end or seq not in self.seq_to_sha:
-                    raise ValueError(f"{line.custom_id}: index {item.index} out of range")
-                yield self.seq_to_sha[seq], decode_embedding(item.embedding)
+def _out_of_rounds(job: WriteInput, incomplete: list[str], missing: int, round_: int) -> Exception:
+    statuses = {b.status for b in job.final_batches}
+    names = describe(incomplete) if incomplete else job.source
+    text = (
+        f"{names}: {missing} content(s) still have no vector after {round_} round(s); "
+        "these documents were not written (every other document was)"
+    )
+    if "failed" in statuses:
+        return BatchFailedError(f"{text}; a batch ended 'failed'")
+    if "cancelled" in statuses:
+        return BatchCancelledError(f"{text}; a batch was cancelled")
+    if "expired" in statuses:
+        return BatchExpiredError(f"{text}; a batch expired")
+    return EmbeddingsIncompleteError(
+        key=names,
+        expected=job.chunks,
+        received=job.chunks - missing,
+        failed_requests=sum(b.failed_requests for b in job.final_batches),
+        rounds=round_,
+    )
 
 
 def fetch_and_write(job: WriteInput, settings: Settings) -> WrittenJob:
-    """Write the job's vectors, all or nothing: new ones from the batches' output files and
-    the sync output, the rest from the cache.
+    """Store the group's new vectors, write its complete documents, plan what is missing.
 
-    Output lines are matched by ``custom_id`` and ``data[].index`` (the output is not in
-    input order), streamed (never a whole file in memory) and bulk-COPY'd. The job's claims
-    on the content it embedded are released in the same transaction.
+    Returns:
+        The group with ``written`` and, when contents are still missing, ``pending``
+        (the next round: ``sync`` or ``batch``).
 
     Raises:
-        CacheNotReadyError: content another execution is embedding has not landed yet (the
-            state machine retries).
-        EmbeddingsIncompleteError: some chunks have no vector (their requests are in the
-            error file); nothing is written.
-        ValueError: an output line does not belong to this job or is malformed.
+        CacheNotReadyError: only content another execution is embedding is missing (the
+            state machine retries; the complete documents are written already).
+        BatchFailedError, BatchExpiredError, BatchCancelledError, EmbeddingsIncompleteError:
+            contents are still missing after ``EMBED_ROUNDS`` rounds; the message names
+            the documents not written.
+        ValueError: an output line does not belong to this group or is malformed.
     """
     plan = job.embed
-    seq_to_sha: dict[int, str] = {}
-    if plan is not None and plan.manifest is not None:
-        for raw in s3.iter_jsonl(plan.manifest.bucket, plan.manifest.key):
-            row = EmbedRow.model_validate(raw)
-            seq_to_sha[row.seq] = row.sha256
+    manifest = load_manifest(plan.manifest if plan is not None else None)
+    mine = {sha for sha, _ in manifest.values()}
     excluded = set(job.excluded_prefixes)
     keys = sorted(
         o.key
@@ -86,72 +105,77 @@ def fetch_and_write(job: WriteInput, settings: Settings) -> WrittenJob:
                   for x in s3.iter_jsonl(job.outcomes.bucket, job.outcomes.key))
         if o.status == "accepted" and o.prefix not in excluded
     )  # fmt: skip
-    batch_reader = _OutputReader(job.job_id, seq_to_sha)
-    sync_reader = _OutputReader(job.job_id, seq_to_sha)
-    with (
-        connect_settings(settings) as conn,
-        ChunkWriter(
+    registry = BatchRegistry(settings.jobs_table)
+    terminal = [b for b in job.final_batches if b.status in TERMINAL]
+    with connect_settings(settings) as conn:
+        store = ContentStore(conn, model=job.model, dimensions=job.dimensions)
+        if terminal:
+            api = get_client(settings)
+            for ref in terminal:
+                ingest_batch(api, store, registry, job_id=job.job_id, ref=ref, manifest=manifest)
+        with ChunkWriter(
             conn,
             bucket=job.bucket,
             lock_keys=keys,
             job_id=job.job_id,
             model=job.model,
             dimensions=job.dimensions,
-        ) as writer,
-    ):
-        writer.copy_chunks(
-            row
-            for row in (
-                ChunkRow.model_validate(x)
-                for x in s3.iter_jsonl(job.manifest.bucket, job.manifest.key)
-            )
-            if row.prefix not in excluded
-        )
-        if job.final_batches:
-            client = get_client(settings)
-            for batch in job.final_batches:
-                if batch.output_file_id:
-                    writer.copy_vectors(
-                        batch_reader.vectors(iter_jsonl_file(client, batch.output_file_id))
-                    )
-                if batch.error_file_id:
-                    batch_reader.failed_requests += sum(
-                        1 for _ in iter_jsonl_file(client, batch.error_file_id)
-                    )
-        for sync in job.sync_outputs:
-            writer.copy_vectors(
-                sync_reader.vectors(s3.iter_jsonl(sync.location.bucket, sync.location.key))
-            )
-        writer.fill_from_cache()
-        missing = writer.missing()
-        if missing:
-            failed = batch_reader.failed_requests + sync_reader.failed_requests
-            mine = set(seq_to_sha.values())
-            if plan is not None and plan.awaited and not (set(missing) & mine) and not failed:
-                raise CacheNotReadyError(
-                    f"{job.source}: {len(missing)} content(s) are still being embedded "
-                    "by another execution"
+        ) as writer:
+            writer.copy_chunks(
+                row
+                for row in (
+                    ChunkRow.model_validate(x)
+                    for x in s3.iter_jsonl(job.manifest.bucket, job.manifest.key)
                 )
-            raise EmbeddingsIncompleteError(
-                key=job.source,
-                expected=job.chunks,
-                received=job.chunks - writer.chunks_without_vector(),
-                failed_requests=failed,
+                if row.prefix not in excluded
             )
-        written, moved, deleted = writer.merge()
-        cache.release_claims(conn, job.job_id)
+            writer.fill_from_cache()
+            missing = set(writer.missing())
+            incomplete = writer.drop_incomplete()
+            written, moved, deleted = writer.merge()
+            if not missing:
+                cache.release_claims(conn, job.job_id)
+        bill = billed(conn, job.job_id)
+    round_ = job.embed_round + 1
+    previous = job.written
+    result = WriteResult(
+        vectors_written=written + (previous.vectors_written if previous else 0),
+        rows_moved=moved + (previous.rows_moved if previous else 0),
+        rows_deleted=deleted + (previous.rows_deleted if previous else 0),
+        billed_tokens=bill.batch_tokens,
+        sync_billed_tokens=bill.sync_tokens,
+        repaid_tokens=bill.repaid_tokens,
+        failed_requests=sum(b.failed_requests for b in job.final_batches),
+        incomplete=incomplete[:20],
+    )
     emit("vectors_written", written, MetricUnit.Count)
     logger.info(
-        "written", extra={"vectors_written": written, "rows_moved": moved, "rows_deleted": deleted}
+        "written",
+        extra={"vectors_written": written, "rows_moved": moved, "rows_deleted": deleted,
+               "incomplete": len(incomplete), "round": round_},
+    )  # fmt: skip
+    update: dict[str, object] = {"written": result, "embed_round": round_, "pending": None}
+    mine_missing = missing & mine
+    if not mine_missing:
+        if missing:
+            raise CacheNotReadyError(
+                f"{describe(incomplete)}: {len(missing)} content(s) are still being embedded "
+                "by another execution"
+            )
+        return WrittenJob(**job.model_dump(exclude={"written", "pending", "embed_round"}), **update)
+    if round_ >= settings.embed_rounds:
+        raise _out_of_rounds(job, incomplete, len(mine_missing), round_)
+    rows, key = _pending(job, mine_missing, round_)
+    s3.write_jsonl(settings.work_bucket, key, (r.model_dump() for r in rows))
+    urgent = any(r.urgent for r in rows)
+    pending = PendingWork(
+        api="sync" if urgent or settings.sync_fallback else "batch",
+        manifest=S3Location(bucket=settings.work_bucket, key=key),
+        chunks=len(rows),
+        tokens=sum(r.token_count for r in rows),
+        documents=incomplete[:20],
     )
-    return WrittenJob(
-        **job.model_dump(),
-        written=WriteResult(
-            vectors_written=written,
-            rows_moved=moved,
-            rows_deleted=deleted,
-            billed_tokens=batch_reader.billed_tokens,
-            sync_billed_tokens=sync_reader.billed_tokens,
-            failed_requests=batch_reader.failed_requests + sync_reader.failed_requests,
-        ),
-    )
+    emit("pending_contents", pending.chunks, MetricUnit.Count)
+    logger.warning("contents still missing: another round", extra=pending.model_dump())
+    update["pending"] = pending
+    return WrittenJob(**job.model_dump(exclude={"written", "pending", "embed_round"}), **update)

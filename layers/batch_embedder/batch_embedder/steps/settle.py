@@ -1,0 +1,191 @@
+"""Settling a job's money from the content store, whoever ends it.
+
+The bill of a job is what the content store recorded for it (``db/content.py``): every
+batch output and synchronous request it paid for, stored with its vectors. Whoever ends
+a job brings DynamoDB's committed usage and the ledger up to that bill:
+
+- RecordCost and RecordFailure, when the execution ends;
+- the reconciler, when an execution is gone (failed, timed out, aborted) while one of its
+  batches still ran: it cancels the batch, ingests what it returned and settles again;
+- the sweep, for a reservation held past ``RESERVATION_HOLD_SECONDS``.
+
+Because the store records each purchase once and :func:`~batch_embedder.aws.budget.settle`
+commits only what the bill grew by, billed == committed == ledger however many of them
+run, in whatever order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import openai
+from aws_lambda_powertools import Logger
+
+from .. import pricing
+from ..aws import budget, jobs
+from ..aws.registry import BatchRegistry, RegisteredBatch
+from ..db import cache
+from ..db.connection import connect_settings
+from ..db.content import Billed, ContentStore, billed
+from ..models import BatchRef
+from ..openai_client import get_client
+from ..openai_files import delete_files
+from ..records import usd
+from ..settings import Settings
+from .batch import TERMINAL, release_queue, to_ref, usage_tokens
+from .ingest import ingest_batch, load_manifest
+
+logger = Logger(child=True)
+
+
+@dataclass
+class Adopted:
+    """What :func:`collect_batches` did with a job's batches."""
+
+    refs: list[BatchRef] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    ingested: list[str] = field(default_factory=list)
+    running: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def collect_batches(settings: Settings, job_id: str, *, cancel_running: bool = True) -> Adopted:
+    """Bring in every batch of a job whose execution no longer waits for them.
+
+    Running batches are cancelled (nobody will read them); terminal ones are ingested into
+    the content store (their vectors kept, their tokens recorded) and their queue tokens
+    given back; input files no running batch reads are deleted. A batch OpenAI cannot be
+    asked about right now is left for the reconciler's next run (it stays on the open
+    index).
+    """
+    registry = BatchRegistry(settings.jobs_table)
+    api = get_client(settings)
+    adopted = Adopted()
+    _, batches = registry.group(job_id)
+    for registered in batches:
+        try:
+            ref = _bring_in(settings, api, registry, registered, cancel_running, adopted)
+        except Exception as exc:  # OpenAI or the database down: the reconciler tries again
+            adopted.errors.append(f"{registered.batch_id}: {exc}")
+            logger.warning("batch left for the reconciler", extra={"batch": registered.batch_id})
+            continue
+        if ref is not None:
+            adopted.refs.append(ref)
+    # Input files no running batch reads (a round whose batches were never created, a
+    # batch that ended) are deleted now rather than at their expiry.
+    running = {r.input_file_id for r in adopted.refs if r.status not in TERMINAL}
+    leftover = [f for f in jobs.uploaded_file_ids(settings.jobs_table, job_id) if f not in running]
+    delete_files(api, list(leftover))
+    return adopted
+
+
+def _bring_in(
+    settings: Settings,
+    api: openai.OpenAI,
+    registry: BatchRegistry,
+    registered: RegisteredBatch,
+    cancel_running: bool,
+    adopted: Adopted,
+) -> BatchRef | None:
+    if registered.ingested:
+        return registered.ref
+    ref = registered.ref
+    if ref is None:
+        batch = api.batches.retrieve(registered.batch_id)
+        if batch.status not in TERMINAL:
+            adopted.running += 1
+            if cancel_running and batch.status != "cancelling":
+                api.batches.cancel(registered.batch_id)
+                adopted.cancelled.append(registered.batch_id)
+            return to_ref(batch)
+        ref = to_ref(batch).model_copy(update={"billed_tokens": usage_tokens(batch)})
+        registry.mark_terminal(ref)
+        release_queue(settings, registered.owner, registered.model, [registered.input_file_id])
+    with connect_settings(settings) as conn:
+        store = ContentStore(conn, model=registered.model, dimensions=registered.dimensions)
+        ingest_batch(
+            api,
+            store,
+            registry,
+            job_id=registered.owner,
+            ref=ref,
+            manifest=load_manifest(registered.manifest),
+        )
+    adopted.ingested.append(registered.batch_id)
+    return ref
+
+
+def job_bill(settings: Settings, job_id: str) -> Billed:
+    """What the content store recorded as billed to ``job_id``."""
+    with connect_settings(settings) as conn:
+        return billed(conn, job_id)
+
+
+def release_claims(settings: Settings, job_id: str) -> None:
+    """Let other executions embed what this job had claimed (best effort: a claim's lease
+    runs out anyway)."""
+    try:
+        with connect_settings(settings) as conn, conn.transaction():
+            cache.release_claims(conn, job_id)
+    except Exception:
+        logger.exception("could not release the job's content claims; their lease will run out")
+
+
+def openai_cost(model: str, bill: Billed) -> tuple[float, float]:
+    """``(cost, cost at the standard price)`` of a bill in USD: batch tokens at the batch
+    price, synchronous ones at the standard price (``pricing.py``)."""
+    price = pricing.price_for(model)
+    cost = pricing.cost_usd(bill.batch_tokens, price.batch) + pricing.cost_usd(
+        bill.sync_tokens, price.standard
+    )
+    return float(cost), float(pricing.cost_usd(bill.tokens, price.standard))
+
+
+def resettle(settings: Settings, job_id: str, *, model: str, reason: str) -> Billed:
+    """Bring committed usage and the ledger up to the job's bill (after a late ingest).
+
+    The ledger record keeps what RecordCost/RecordFailure wrote; only its money fields
+    change. A job that never reached either (an aborted execution) gets a FAILED record
+    naming ``reason``.
+    """
+    bill = job_bill(settings, job_id)
+    item = jobs.get_job(settings.jobs_table, job_id)
+    budget.settle(
+        jobs_table=settings.jobs_table,
+        usage_table=settings.usage_table,
+        job_id=job_id,
+        billed_tokens=bill.tokens,
+        outcome="swept",
+    )
+    cost, standard = openai_cost(model, bill)
+    day = str(item.get("reservation_day") or budget.utc_day())
+    jobs.update_ledger_money(
+        settings.usage_table,
+        day,
+        job_id,
+        money={
+            "tokens": bill.tokens,
+            "repaid_tokens": bill.repaid_tokens,
+            "cost_usd": Decimal(str(usd(cost))),
+            "standard_cost_usd": Decimal(str(usd(standard))),
+            "saved_usd": Decimal(str(usd(standard - cost))),
+        },
+        defaults={
+            "job_id": job_id,
+            "source": str(item.get("source_key", "")),
+            "day": day,
+            "model": model,
+            "status": "FAILED",
+            "cause": reason,
+        },
+    )
+    if "status" not in item:  # the execution never reached RecordCost or RecordFailure
+        release_claims(settings, job_id)
+        jobs.mark_finished(
+            settings.jobs_table,
+            job_id,
+            {"status": "FAILED", "failed_state": "PipelineError", "cause": reason},
+        )
+    logger.info("job settled again", extra={"job_id": job_id, "billed_tokens": bill.tokens})
+    return bill
