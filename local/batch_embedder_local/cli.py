@@ -99,6 +99,7 @@ def _totals(results: list[ExecutionResult]) -> dict[str, Any]:
         "batches": sum(r["batches"] for r in rows),
         "chunks": sum(r["chunks"] for r in rows),
         "tokens": sum(r["tokens"] for r in rows),
+        "repaid_tokens": sum(r["repaid_tokens"] for r in rows),
         "vectors_written": sum(r["vectors_written"] for r in rows),
         "cost_usd": round(sum(r["cost_usd"] for r in rows), 9),
         "aws_cost_usd": round(sum(r["aws_cost_usd"] for r in rows), 9),

@@ -90,6 +90,7 @@ class ExecutionResult:
             "batches": int(out.get("batches", 0)),
             "chunks": int(out.get("chunks", 0)),
             "tokens": int(out.get("billed_tokens", out.get("tokens", 0))),
+            "repaid_tokens": int(out.get("repaid_tokens", 0)),
             "vectors_written": int(out.get("vectors_written", 0)),
             "api": out.get("api"),
             "cache_hits": int(out.get("cache_hits", 0)),
@@ -644,7 +645,22 @@ class LocalStack:
                 if fails
                 else (states[-1] if states else None)
             )
+            # A failed execution has no output: what it was billed anyway is in the ledger.
+            record = self.ledger_record(execution_arn.rsplit(":", 1)[-1])
+            result.output = {k: int(record[k]) for k in ("tokens", "repaid_tokens") if k in record}
+            if "tokens" in result.output:
+                result.output["billed_tokens"] = result.output.pop("tokens")
         return result
+
+    def ledger_record(self, job_id: str) -> dict[str, Any]:
+        """The job's ledger record of today (UTC), or {} (local runs settle the same day)."""
+        from batch_embedder.aws.budget import utc_day
+
+        table = boto3.resource("dynamodb", region_name=REGION).Table(self.refs["UsageTable"])
+        item: dict[str, Any] = table.get_item(Key={"pk": f"ledger#{utc_day()}", "sk": job_id}).get(
+            "Item", {}
+        )
+        return item
 
     def wait(
         self,
