@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -42,3 +44,18 @@ def wait_for_batch(client: Any, batch_id: str, timeout: float = 60, interval: fl
         assert time.monotonic() < deadline, f"{batch_id} still {batch.status}"
         time.sleep(interval)
     return batch
+
+
+def until(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    """Call ``check`` every 0.1 s until it returns something truthy; return that.
+
+    Raises:
+        TimeoutError: not reached within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not reached in {timeout} s")

@@ -8,25 +8,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
 from tests.conftest import SAMPLES
+from tests.utils import until
 
 pytestmark = pytest.mark.integration
-
-
-def until(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} not reached in {timeout} s")
 
 
 def start_group(stack: Any, salt: str) -> tuple[str, list[str]]:

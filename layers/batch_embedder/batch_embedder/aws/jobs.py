@@ -26,8 +26,8 @@ def _attr(input_file_id: str) -> str:
     return f"batch#{input_file_id}"
 
 
-def recorded_batch(jobs_table: str, job_id: str, input_file_id: str) -> str | None:
-    """The batch id recorded for this input file, ``"creating"`` if claimed, or None."""
+def _attribute(jobs_table: str, job_id: str, name: str) -> str | None:
+    """One attribute of the job's item as a string (a consistent read), or None."""
     item = (
         ddb()
         .get_item(
@@ -35,12 +35,17 @@ def recorded_batch(jobs_table: str, job_id: str, input_file_id: str) -> str | No
             Key={"job_id": job_id},
             ConsistentRead=True,
             ProjectionExpression="#a",
-            ExpressionAttributeNames={"#a": _attr(input_file_id)},
+            ExpressionAttributeNames={"#a": name},
         )
         .get("Item", {})
     )
-    value = item.get(_attr(input_file_id))
+    value = item.get(name)
     return str(value) if value is not None else None
+
+
+def recorded_batch(jobs_table: str, job_id: str, input_file_id: str) -> str | None:
+    """The batch id recorded for this input file, ``"creating"`` if claimed, or None."""
+    return _attribute(jobs_table, job_id, _attr(input_file_id))
 
 
 def claim_batch(jobs_table: str, job_id: str, input_file_id: str) -> bool:
@@ -167,20 +172,7 @@ def update_ledger_money(
 def recorded_uploads(jobs_table: str, job_id: str, round_: int) -> str | None:
     """The batch input files uploaded for this round (JSON), or None: a retried
     BuildAndUploadJsonl reuses them instead of uploading (and paying storage) again."""
-    name = f"uploads#{round_}"
-    item = (
-        ddb()
-        .get_item(
-            TableName=jobs_table,
-            Key={"job_id": job_id},
-            ConsistentRead=True,
-            ProjectionExpression="#u",
-            ExpressionAttributeNames={"#u": name},
-        )
-        .get("Item", {})
-    )
-    value = item.get(name)
-    return str(value) if value is not None else None
+    return _attribute(jobs_table, job_id, f"uploads#{round_}")
 
 
 def record_uploads(jobs_table: str, job_id: str, round_: int, files_json: str) -> None:
