@@ -1,6 +1,7 @@
 """``batch-embedder``: the command line of the local stack and of the cost ledger.
 
 - ``batch-embedder local ingest PATH...``: upload files one by one; the pipe groups them.
+- ``batch-embedder local replay EVENTS.jsonl``: deliver S3 events in a given order (replay.py).
 - ``batch-embedder local search "query"``: nearest chunks in pgvector.
 - ``batch-embedder local costs``: what local runs cost (OpenAI + AWS), ``--by`` day|model|....
 - ``batch-embedder local openai-server --port N``: the OpenAI-compatible emulator alone.
@@ -216,6 +217,44 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0 if totals["failed"] == 0 else 1
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Run the steps of EVENTS.jsonl on the local stack, print the outcome per key."""
+    from .replay import ReplayError, format_report, load_steps, replay
+
+    path = Path(args.events)
+    if not path.is_file():
+        raise SystemExit(f"batch-embedder: {args.events}: no such file")
+    try:
+        steps = load_steps(path)
+    except ReplayError as exc:
+        raise SystemExit(f"batch-embedder: {exc}") from None
+    if not steps:
+        raise SystemExit(f"batch-embedder: {args.events}: no steps")
+    home = Path(args.home) if args.home else default_home()
+    report: dict[str, Any] | None = None
+    error = ""
+    with LocalStack(
+        home,
+        parameters=_parse_params(args.param),
+        openai=args.openai,
+        emulator_config=_parse_emulator(args.emulator),
+        log_file=home / "lambda.log",
+    ) as stack:
+        try:
+            report = replay(stack, steps, concurrent=args.concurrent, timeout=args.timeout)
+        except (ReplayError, TimeoutError) as exc:
+            error = str(exc)
+    if report is None:  # printed once the stack gave stdout back (not to lambda.log)
+        print(f"batch-embedder: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    else:
+        print(format_report(report))
+    return 0 if report["totals"]["failed"] == 0 else 1
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     """Embed the query with the same provider and model, print the nearest chunks."""
     from .search import search_local
@@ -308,6 +347,29 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"an emulator switch (any EmulatorConfig field), e.g. {_EMULATOR_EXAMPLES}",
     )
     ingest.set_defaults(func=cmd_ingest)
+
+    replay = lsub.add_parser(
+        "replay", help="deliver S3 events in a given order (EVENTS.jsonl), print each outcome"
+    )
+    replay.add_argument("events", metavar="EVENTS.jsonl", help="one step a line (see replay.py)")
+    replay.add_argument(
+        "--concurrent", action="store_true", help="start every execution without waiting"
+    )
+    replay.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    replay.add_argument(
+        "--home", help="data folder (default $BATCH_EMBEDDER_HOME or ./.batch-embedder)"
+    )
+    replay.add_argument("--openai", choices=["emulator", "openai"], default="emulator")
+    replay.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE",
+        help="template parameter override",
+    )  # fmt: skip
+    replay.add_argument("--timeout", type=float, default=600, help="seconds (default 600)")
+    replay.add_argument(
+        "--emulator", action="append", default=[], metavar="KEY=VALUE",
+        help=f"an emulator switch, e.g. {_EMULATOR_EXAMPLES}",
+    )  # fmt: skip
+    replay.set_defaults(func=cmd_replay)
 
     search = lsub.add_parser("search", help="nearest chunks to a query")
     search.add_argument("query")

@@ -157,6 +157,11 @@ def decode_text(key: str, data: bytes, *, max_bytes: int | None = None) -> str:
     return _decode_utf8(key, data)
 
 
+#: NUL and lone surrogates: PostgreSQL rejects both in ``text`` (and UTF-8 has no encoding
+#: for a surrogate), https://www.postgresql.org/docs/current/datatype-character.html
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def normalize_text(text: str) -> str:
     """``text`` in a canonical form: the same content always gives the same chunks.
 
@@ -166,7 +171,11 @@ def normalize_text(text: str) -> str:
     (a paragraph break); the whole is stripped. Single line breaks and paragraph breaks
     (``"\\n\\n"``) stay. Lengths are characters; the result is never longer than ``text``
     except through NFC.
+
+    Characters PostgreSQL cannot store in ``text`` are removed: NUL (``\\u0000``, e.g. from
+    a JSON string) and lone surrogates (``\\ud800``-``\\udfff``, which are not Unicode).
     """
+    text = _UNSTORABLE.sub("", text)
     if not unicodedata.is_normalized("NFC", text):
         text = unicodedata.normalize("NFC", text)
     text = _LINE_BREAKS.sub("\n", text)

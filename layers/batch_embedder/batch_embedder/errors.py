@@ -120,3 +120,10 @@ class BatchExpiredError(BatchEmbedderError):
 class BatchCancelledError(BatchEmbedderError):
     """A batch was cancelled and the rounds since did not finish its contents: the
     documents still missing vectors are not written (the message names them)."""
+
+
+class DatabaseUnavailableError(BatchEmbedderError):
+    """Postgres could not be reached or dropped the connection (any psycopg
+    ``OperationalError``: ``AdminShutdown`` from a failover, ``ConnectionFailure``,
+    ``CannotConnectNow``, ...). The state machine retries it for 755 s, longer than a
+    Multi-AZ failover (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/Concepts.MultiAZSingleStandby.html)."""

@@ -14,11 +14,13 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import psycopg
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
 from .aws import metering
+from .errors import DatabaseUnavailableError
 from .models import Metered
 from .settings import Settings, get_settings
 
@@ -34,6 +36,8 @@ def step_handler(model: type[M]) -> Callable[[Callable[[M, Settings], BaseModel]
 
     Raises:
         pydantic.ValidationError: the event does not fit ``model``.
+        DatabaseUnavailableError: any psycopg ``OperationalError`` (the connection was
+            refused, killed by a failover, ...), so that the state machine retries it.
     """
 
     def wrap(step: Callable[[M, Settings], BaseModel]) -> Handler:
@@ -42,7 +46,12 @@ def step_handler(model: type[M]) -> Callable[[Callable[[M, Settings], BaseModel]
         @functools.wraps(step)
         def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             with metering.invocation(memory_mb=int(context.memory_limit_in_mb)):
-                result = step(model.model_validate(event), get_settings())
+                try:
+                    result = step(model.model_validate(event), get_settings())
+                except psycopg.OperationalError as exc:
+                    # One name for the whole class (AdminShutdown, ConnectionFailure, ...):
+                    # a Retry matches the error name, not its base classes.
+                    raise DatabaseUnavailableError(f"{type(exc).__name__}: {exc}") from exc
                 if isinstance(result, Metered):
                     result = result.model_copy(update={"aws": result.aws + metering.snapshot()})
             return result.model_dump(mode="json", exclude_none=True)

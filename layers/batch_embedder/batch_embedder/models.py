@@ -155,6 +155,9 @@ class WriteResult(Contract):
     incomplete: list[str] = Field(
         default_factory=list, description="documents not written: a chunk has no vector"
     )
+    superseded: list[str] = Field(
+        default_factory=list, description="objects left out: a newer event was applied first"
+    )
 
 
 class PendingWork(Contract):
@@ -192,6 +195,15 @@ class ChunkedJob(Metered):
     rejected_count: int = Field(default=0, ge=0, description="documents left out")
     rejected: list[str] = Field(default_factory=list, description="'key: reason', first 20")
     deletes: list[str] = Field(default_factory=list, description="keys deleted by the group")
+    delete_sequencers: dict[str, str] = Field(
+        default_factory=dict, description="each deleted key's event sequencer (zero-padded)"
+    )
+    superseded_deletes: list[str] = Field(
+        default_factory=list, description="deletes a newer event of the key made no-ops"
+    )
+    superseded: list[str] = Field(
+        default_factory=list, description="objects a newer event made no-ops (not embedded)"
+    )
     urgent_documents: int = Field(default=0, ge=0, description="SYNC_PREFIXES or the tag")
     excluded_prefixes: list[str] = Field(
         default_factory=list, description="prefixes over their daily budget: left out"
@@ -305,7 +317,7 @@ class DocumentResult(Contract):
     """One document of the group as the execution's output lists it."""
 
     key: str
-    status: Literal["embedded", "rejected", "over_budget", "deleted"]
+    status: Literal["embedded", "rejected", "over_budget", "deleted", "superseded"]
     chunks: int = 0
     reason: str | None = None
     tokens: int = Field(default=0, description="its chunks' tokens (cache hits included)")

@@ -47,6 +47,8 @@ class ChunkRow(Record):
     char_end: int = Field(ge=0)
     prefix: str = Field(default="", description="the budget prefix of its document, or ''")
     urgent: bool = False
+    object_key: str = Field(default="", description="the S3 key it came from ('' = source_key)")
+    sequencer: str = Field(default="", description="its S3 event's sequencer, zero-padded")
 
 
 class EmbedRow(Record):
@@ -122,6 +124,14 @@ class BatchOutputLine(Record):
 DocumentStatus = Literal["accepted", "rejected", "deleted"]
 
 
+def sequencer_key(sequencer: str) -> str:
+    """An S3 event ``sequencer`` made comparable as a string: hex, left-padded with zeros
+    to 32 characters ("compare the strings after padding the shorter one with zeros",
+    https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-content-structure.html).
+    '' stays '' (no order known: a bulk load)."""
+    return sequencer.rjust(32, "0") if sequencer else ""
+
+
 class DocumentOutcome(Record):
     """What ChunkAndEstimate made of one document of the group."""
 
@@ -133,6 +143,8 @@ class DocumentOutcome(Record):
     tokens: int = Field(default=0, ge=0)
     prefix: str = ""
     urgent: bool = False
+    object_key: str = Field(default="", description="the S3 key ('' = key)")
+    sequencer: str = Field(default="", description="the S3 event's sequencer, zero-padded")
 
 
 class LedgerRecord(Record):

@@ -69,24 +69,15 @@ def plan(
     view = CacheView(cached=cached_hashes(conn, unique, model=model, dimensions=dimensions))
     missing = [h for h in unique if h not in view.cached]
     with conn.transaction():
+        claim(
+            conn,
+            missing,
+            model=model,
+            dimensions=dimensions,
+            job_id=job_id,
+            lease_seconds=stale_after_seconds,
+        )
         for batch in _batches(missing, LOOKUP_BATCH):
-            conn.execute(
-                "INSERT INTO batch_embedder.embedding_claims "
-                "(content_sha256, model, dimensions, job_id, lease_until) "
-                "SELECT h, %(model)s, %(dims)s, %(job)s, now() + make_interval(secs => %(s)s) "
-                "FROM unnest(%(hashes)s::text[]) AS h "
-                "ON CONFLICT (content_sha256, model, dimensions) DO UPDATE "
-                "SET job_id = EXCLUDED.job_id, claimed_at = now(), "
-                "lease_until = EXCLUDED.lease_until "
-                "WHERE embedding_claims.lease_until < now()",
-                {
-                    "model": model,
-                    "dims": dimensions,
-                    "job": job_id,
-                    "hashes": batch,
-                    "s": stale_after_seconds,
-                },
-            )
             rows = conn.execute(
                 "SELECT content_sha256, job_id FROM batch_embedder.embedding_claims "
                 "WHERE content_sha256 = ANY(%s) AND model = %s AND dimensions = %s",
@@ -95,6 +86,45 @@ def plan(
             for sha, holder in rows:
                 (view.claimed_by_me if holder == job_id else view.awaited).add(str(sha))
     return view
+
+
+def claim(
+    conn: Conn,
+    hashes: Iterable[str],
+    *,
+    model: str,
+    dimensions: int,
+    job_id: str,
+    lease_seconds: int,
+) -> set[str]:
+    """Claim every hash nobody holds, or whose holder's lease has run out (its execution
+    failed and released it, or crashed); a claim of ``job_id`` itself is renewed.
+
+    Returns:
+        The hashes ``job_id`` holds now (of those asked).
+    """
+    claimed: set[str] = set()
+    for batch in _batches(sorted(set(hashes)), LOOKUP_BATCH):
+        rows = conn.execute(
+            "INSERT INTO batch_embedder.embedding_claims "
+            "(content_sha256, model, dimensions, job_id, lease_until) "
+            "SELECT h, %(model)s, %(dims)s, %(job)s, now() + make_interval(secs => %(s)s) "
+            "FROM unnest(%(hashes)s::text[]) AS h "
+            "ON CONFLICT (content_sha256, model, dimensions) DO UPDATE "
+            "SET job_id = EXCLUDED.job_id, claimed_at = now(), "
+            "lease_until = EXCLUDED.lease_until "
+            "WHERE embedding_claims.lease_until < now() OR embedding_claims.job_id = %(job)s "
+            "RETURNING content_sha256",
+            {
+                "model": model,
+                "dims": dimensions,
+                "job": job_id,
+                "hashes": batch,
+                "s": lease_seconds,
+            },
+        ).fetchall()
+        claimed.update(str(r[0]) for r in rows)
+    return claimed
 
 
 def release_claims(conn: Conn, job_id: str) -> int:

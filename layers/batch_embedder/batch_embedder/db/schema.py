@@ -8,6 +8,8 @@ Everything lives in the ``batch_embedder`` schema:
   (content sha256, model, dimensions) is already here is never embedded again.
 - ``embeddings`` and ``purchases``: the content store (``db/content.py``), every vector
   paid for and what it cost, kept the moment it comes back; the cache reads it.
+- ``objects``: the newest S3 event (``sequencer``) applied to each object, so that an
+  older write or delete never undoes a newer one.
 - ``embedding_claims``: content an execution is embedding right now, so that concurrent
   executions pay for each distinct chunk once.
 - one HNSW cosine index per (model, dimensions), an expression index on
@@ -122,6 +124,32 @@ MIGRATIONS: list[tuple[int, str]] = [
         -- Claims carry a lease: taken over once it has run out.
         ALTER TABLE batch_embedder.embedding_claims
             ADD COLUMN lease_until timestamptz NOT NULL DEFAULT now() + interval '26 hours';
+        """,
+    ),
+    (
+        4,
+        """
+        -- The newest S3 event applied to each object (db/vectors.py): an older write or
+        -- delete of the key is a no-op. Sequencers are hex, zero-padded to compare as text.
+        CREATE TABLE batch_embedder.objects (
+            source_bucket   text        NOT NULL,
+            object_key      text        NOT NULL,
+            sequencer       text        NOT NULL,
+            version_id      text,
+            deleted         boolean     NOT NULL DEFAULT false,
+            updated_at      timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (source_bucket, object_key)
+        );
+        -- The S3 object a row came from: a bundle's documents share it, and a delete
+        -- matches it exactly ('#' in a key is no prefix).
+        ALTER TABLE batch_embedder.chunks ADD COLUMN object_key text;
+        UPDATE batch_embedder.chunks SET object_key = CASE
+            WHEN strpos(source_key, '.bundle.jsonl#') > 0
+            THEN left(source_key, strpos(source_key, '.bundle.jsonl#') + 12)
+            ELSE source_key END;
+        ALTER TABLE batch_embedder.chunks ALTER COLUMN object_key SET NOT NULL;
+        CREATE INDEX chunks_object ON batch_embedder.chunks
+            (source_bucket, object_key, model, dimensions);
         """,
     ),
 ]

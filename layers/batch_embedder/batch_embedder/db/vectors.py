@@ -82,7 +82,7 @@ class ChunkWriter:
         self.conn.execute(
             "CREATE TEMP TABLE _chunks (seq int PRIMARY KEY, source_key text, "
             "source_version text, chunk_index int, text text, sha256 text, token_count int, "
-            "char_start int, char_end int) ON COMMIT DROP"
+            "char_start int, char_end int, object_key text, sequencer text) ON COMMIT DROP"
         )
         self.conn.execute(
             "CREATE TEMP TABLE _vectors (sha256 text, embedding vector) ON COMMIT DROP"
@@ -106,13 +106,17 @@ class ChunkWriter:
         n = 0
         with self.conn.cursor().copy(
             "COPY _chunks (seq, source_key, source_version, chunk_index, text, sha256, "
-            "token_count, char_start, char_end) FROM STDIN (FORMAT BINARY)"
+            "token_count, char_start, char_end, object_key, sequencer) FROM STDIN (FORMAT BINARY)"
         ) as copy:
-            copy.set_types(["int4", "text", "text", "int4", "text", "text", "int4", "int4", "int4"])
+            copy.set_types(
+                ["int4", "text", "text", "int4", "text", "text", "int4", "int4", "int4", "text",
+                 "text"]
+            )  # fmt: skip
             for r in rows:
                 copy.write_row(
                     (r.seq, r.source_key, r.source_version, r.chunk_index, r.text, r.sha256,
-                     r.token_count, r.char_start, r.char_end)
+                     r.token_count, r.char_start, r.char_end, r.object_key or r.source_key,
+                     r.sequencer)
                 )  # fmt: skip
                 n += 1
         return n
@@ -159,15 +163,33 @@ class ChunkWriter:
             self._params,
         ).rowcount
 
+    def drop_superseded(self) -> list[str]:
+        """Unstage every object whose stored S3 event is newer (a higher ``sequencer``):
+        an older version never overwrites a newer one, nor brings back a deleted object.
+
+        Returns:
+            The object keys left out, sorted.
+        """
+        rows = self.conn.execute(
+            sql.SQL(
+                "DELETE FROM _chunks c USING {schema}.objects o "
+                "WHERE o.source_bucket = %(bucket)s AND o.object_key = c.object_key "
+                "AND c.sequencer <> '' AND o.sequencer > c.sequencer RETURNING c.object_key"
+            ).format(schema=sql.Identifier(SCHEMA)),
+            self._params,
+        ).fetchall()
+        return sorted({str(r[0]) for r in rows})
+
     def drop_incomplete(self) -> list[str]:
-        """Unstage every document with a chunk that has no vector: a document is written
-        whole or not at all (its stored rows stay as they are).
+        """Unstage every object with a chunk that has no vector: an object (a document, or
+        a bundle with all its documents) is written whole or not at all; its stored rows
+        stay as they are.
 
         Returns:
             The keys of the documents left out, sorted.
         """
         rows = self.conn.execute(
-            "DELETE FROM _chunks WHERE source_key IN (SELECT DISTINCT source_key FROM _chunks "
+            "DELETE FROM _chunks WHERE object_key IN (SELECT DISTINCT object_key FROM _chunks "
             "WHERE sha256 NOT IN (SELECT sha256 FROM _vectors)) RETURNING source_key"
         ).fetchall()
         return sorted({str(r[0]) for r in rows})
@@ -214,7 +236,7 @@ class ChunkWriter:
                 "(PARTITION BY c.source_key, c.content_sha256 ORDER BY c.chunk_index) AS occ "
                 "FROM {schema}.chunks c WHERE c.source_bucket = %(bucket)s "
                 "AND c.model = %(model)s AND c.dimensions = %(dims)s "
-                "AND c.source_key IN (SELECT DISTINCT source_key FROM _chunks)"
+                "AND c.object_key IN (SELECT DISTINCT object_key FROM _chunks)"
             ).format(schema=schema),
             params,
         )
@@ -240,31 +262,92 @@ class ChunkWriter:
             sql.SQL(
                 "INSERT INTO {schema}.chunks (source_bucket, source_key, source_version, "
                 "chunk_index, text, content_sha256, token_count, char_start, char_end, model, "
-                "dimensions, embedding, job_id) "
+                "dimensions, embedding, job_id, object_key) "
                 "SELECT %(bucket)s, f.source_key, f.source_version, f.chunk_index, f.text, "
                 "f.sha256, f.token_count, f.char_start, f.char_end, %(model)s, %(dims)s, "
-                "f.embedding, %(job)s FROM _final f "
+                "f.embedding, %(job)s, f.object_key FROM _final f "
                 "WHERE NOT EXISTS (SELECT 1 FROM _existing e WHERE {match})"
             ).format(schema=schema, match=match),
             params,
         ).rowcount
+        self.conn.execute(
+            sql.SQL(
+                "INSERT INTO {schema}.objects (source_bucket, object_key, sequencer, version_id) "
+                "SELECT DISTINCT ON (object_key) %(bucket)s, object_key, sequencer, "
+                "source_version FROM _chunks WHERE sequencer <> '' "
+                "ON CONFLICT (source_bucket, object_key) DO UPDATE SET "
+                "sequencer = EXCLUDED.sequencer, version_id = EXCLUDED.version_id, "
+                "deleted = false, updated_at = now() "
+                "WHERE objects.sequencer <= EXCLUDED.sequencer"
+            ).format(schema=sql.Identifier(SCHEMA)),
+            params,
+        )
         return written, moved, deleted
 
 
-def delete_document(conn: Conn, *, bucket: str, key: str) -> int:
-    """Delete every row of the object ``key`` (all models; for a bundle, all its documents).
+def newer_objects(conn: Conn, bucket: str, sequencers: dict[str, str]) -> set[str]:
+    """The objects of ``sequencers`` (object key -> its event's sequencer) whose stored
+    event is newer: writing them would be superseded, so nothing is bought for them."""
+    keys = sorted(k for k, seq in sequencers.items() if seq)
+    if not keys:
+        return set()
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT object_key, sequencer FROM {schema}.objects "
+            "WHERE source_bucket = %s AND object_key = ANY(%s)"
+        ).format(schema=sql.Identifier(SCHEMA)),
+        (bucket, keys),
+    ).fetchall()
+    return {str(k) for k, seq in rows if str(seq) > sequencers[str(k)]}
+
+
+def lock_object(conn: Conn, bucket: str, key: str) -> None:
+    """Take the transaction-scoped lock writers and deletes of one object queue on."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{bucket}/{key}",))
+
+
+def delete_document(conn: Conn, *, bucket: str, key: str, sequencer: str = "") -> int | None:
+    """Delete every row of the object ``key`` (all models; for a bundle, all its documents;
+    ``a.txt`` never matches ``a.txt#notes.txt``), unless a newer event of the key was
+    applied first.
+
+    Args:
+        sequencer: the delete event's sequencer (``records.sequencer_key``); '' = no order.
 
     Returns:
-        Rows deleted.
+        Rows deleted, or None when the delete is superseded (nothing changed).
     """
+    schema = sql.Identifier(SCHEMA)
+    params = {"bucket": bucket, "key": key, "seq": sequencer}
     with conn.transaction():
-        return conn.execute(
+        lock_object(conn, bucket, key)
+        row = conn.execute(
+            sql.SQL(
+                "SELECT sequencer FROM {schema}.objects "
+                "WHERE source_bucket = %(bucket)s AND object_key = %(key)s"
+            ).format(schema=schema),
+            params,
+        ).fetchone()
+        if sequencer and row is not None and str(row[0]) > sequencer:
+            return None
+        deleted = conn.execute(
             sql.SQL(
                 "DELETE FROM {schema}.chunks WHERE source_bucket = %(bucket)s "
-                "AND (source_key = %(key)s OR left(source_key, %(n)s) = %(prefix)s)"
-            ).format(schema=sql.Identifier(SCHEMA)),
-            {"bucket": bucket, "key": key, "n": len(key) + 1, "prefix": key + "#"},
+                "AND object_key = %(key)s"
+            ).format(schema=schema),
+            params,
         ).rowcount
+        if sequencer:
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {schema}.objects (source_bucket, object_key, sequencer, "
+                    "deleted) VALUES (%(bucket)s, %(key)s, %(seq)s, true) "
+                    "ON CONFLICT (source_bucket, object_key) DO UPDATE SET "
+                    "sequencer = EXCLUDED.sequencer, deleted = true, updated_at = now()"
+                ).format(schema=schema),
+                params,
+            )
+        return deleted
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from ..aws import s3
 from ..db import cache
 from ..db.connection import connect_settings
+from ..db.vectors import newer_objects
 from ..metrics import emit
 from ..models import ChunkedJob, EmbedPlan, S3Location
 from ..records import ChunkRow, EmbedRow
@@ -57,10 +58,18 @@ def check_cache(job: ChunkedJob, settings: Settings) -> ChunkedJob:
     Returns:
         The group with ``embed`` set: only ``embed.tokens`` are reserved and paid for.
     """
+    rows_in = [
+        ChunkRow.model_validate(raw) for raw in s3.iter_jsonl(job.manifest.bucket, job.manifest.key)
+    ]
+    with connect_settings(settings) as conn:
+        newer = newer_objects(
+            conn, job.bucket, {r.object_key or r.source_key: r.sequencer for r in rows_in}
+        )
     contents: dict[str, _Content] = {}
     per_chunk: list[str] = []
-    for raw in s3.iter_jsonl(job.manifest.bucket, job.manifest.key):
-        row = ChunkRow.model_validate(raw)
+    for row in rows_in:
+        if (row.object_key or row.source_key) in newer:
+            continue  # a newer event of this key was applied: nothing to buy for it
         per_chunk.append(row.sha256)
         content = contents.setdefault(row.sha256, _Content(row.text, row.token_count))
         content.urgent = content.urgent or row.urgent
@@ -110,4 +119,6 @@ def check_cache(job: ChunkedJob, settings: Settings) -> ChunkedJob:
     emit("cache_hits", hits, MetricUnit.Count)
     emit("tokens_saved", plan.cached_tokens, MetricUnit.Count)
     logger.info("cache checked", extra=plan.model_dump(exclude={"manifest"}))
-    return job.model_copy(update={"embed": plan})
+    if newer:
+        logger.info("superseded before embedding", extra={"objects": sorted(newer)})
+    return job.model_copy(update={"embed": plan, "superseded": sorted(newer)})

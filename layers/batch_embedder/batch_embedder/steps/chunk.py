@@ -31,7 +31,7 @@ from ..documents import decode_document, decode_text, normalize_text
 from ..errors import InvalidDocumentError
 from ..metrics import emit
 from ..models import ChunkedJob, CostEstimate, GroupRequest, S3Location, Upload
-from ..records import ChunkRow, DocumentOutcome
+from ..records import ChunkRow, DocumentOutcome, sequencer_key
 from ..settings import Settings
 from ..tokenizer import get_encoding
 
@@ -54,6 +54,8 @@ class Doc:
     version: str | None
     text: str
     urgent: bool
+    object_key: str = ""
+    sequencer: str = ""
 
 
 @dataclass
@@ -88,7 +90,7 @@ def latest_events(uploads: list[Upload]) -> list[Upload]:
     return [entry[2] for entry in sorted(newest.values(), key=lambda e: e[2].key)]
 
 
-def _bundle_docs(key: str, data: bytes, version: str | None, urgent: bool,
+def _bundle_docs(key: str, data: bytes, version: str | None, urgent: bool, sequencer: str,
                  settings: Settings, out: _Outcomes) -> Iterator[Doc]:  # fmt: skip
     fields = settings.json_fields()
     seen: set[str] = set()
@@ -111,7 +113,7 @@ def _bundle_docs(key: str, data: bytes, version: str | None, urgent: bool,
         if not body:
             out.reject(f"{key}#{doc_id}", f"no text in the fields {', '.join(fields)}")
             continue
-        yield Doc(f"{key}#{doc_id}", version, body, urgent)
+        yield Doc(f"{key}#{doc_id}", version, body, urgent, key, sequencer)
 
 
 def _decode(key: str, data: bytes, settings: Settings) -> str:
@@ -183,16 +185,20 @@ def _documents(creates: list[Upload], settings: Settings, out: _Outcomes) -> Ite
                 continue
             _, data, etag, urgent = read
             version = upload.version_id or etag or upload.etag
+            sequencer = sequencer_key(upload.sequencer)
             if upload.key.endswith(BUNDLE_SUFFIX):
                 try:
-                    yield from _bundle_docs(upload.key, data, version, urgent, settings, out)
+                    yield from _bundle_docs(
+                        upload.key, data, version, urgent, sequencer, settings, out
+                    )
                 except InvalidDocumentError as exc:
                     out.reject(upload.key, exc.reason)
             elif upload.key.endswith(MANIFEST_SUFFIX):
                 yield from _prefix_docs(upload.bucket, upload.key, data, urgent, settings, out)
             else:
                 try:
-                    yield Doc(upload.key, version, _decode(upload.key, data, settings), urgent)
+                    text = _decode(upload.key, data, settings)
+                    yield Doc(upload.key, version, text, urgent, upload.key, sequencer)
                 except InvalidDocumentError as exc:
                     out.reject(upload.key, exc.reason)
 
@@ -233,7 +239,13 @@ def chunk_and_estimate(request: GroupRequest, settings: Settings) -> ChunkedJob:
     latest = latest_events(request.uploads)
     deletes = [u.key for u in latest if u.event == "Object Deleted"]
     creates = [u for u in latest if u.event == "Object Created"]
-    out = _Outcomes([DocumentOutcome(key=k, status="deleted") for k in deletes])
+    out = _Outcomes(
+        [
+            DocumentOutcome(key=u.key, status="deleted", object_key=u.key,
+                            sequencer=sequencer_key(u.sequencer))
+            for u in latest if u.event == "Object Deleted"
+        ]
+    )  # fmt: skip
     encoding = get_encoding()
     counts = {"chunks": 0, "tokens": 0, "documents": 0, "urgent": 0}
 
@@ -253,7 +265,8 @@ def chunk_and_estimate(request: GroupRequest, settings: Settings) -> ChunkedJob:
             out.rows.append(
                 DocumentOutcome(key=doc.key, version=doc.version, status="accepted",
                                 chunks=len(chunks), tokens=tokens, prefix=prefix,
-                                urgent=doc.urgent)
+                                urgent=doc.urgent, object_key=doc.object_key or doc.key,
+                                sequencer=doc.sequencer)
             )  # fmt: skip
             counts["documents"] += 1
             counts["urgent"] += int(doc.urgent)
@@ -262,7 +275,8 @@ def chunk_and_estimate(request: GroupRequest, settings: Settings) -> ChunkedJob:
                     seq=counts["chunks"], source_key=doc.key, source_version=doc.version,
                     chunk_index=c.index, text=c.text, token_count=c.token_count,
                     sha256=c.sha256, char_start=c.char_start, char_end=c.char_end,
-                    prefix=prefix, urgent=doc.urgent,
+                    prefix=prefix, urgent=doc.urgent, object_key=doc.object_key or doc.key,
+                    sequencer=doc.sequencer,
                 ).model_dump()  # fmt: skip
                 counts["chunks"] += 1
                 counts["tokens"] += c.token_count
@@ -306,5 +320,8 @@ def chunk_and_estimate(request: GroupRequest, settings: Settings) -> ChunkedJob:
         rejected_count=len(rejected),
         rejected=shown,
         deletes=deletes,
+        delete_sequencers={
+            u.key: sequencer_key(u.sequencer) for u in latest if u.event == "Object Deleted"
+        },
         urgent_documents=counts["urgent"],
     )

@@ -65,10 +65,18 @@ def common_prefix(keys: list[str]) -> str:
 
 def _results(job: WrittenJob) -> list[DocumentResult]:
     excluded = set(job.excluded_prefixes)
+    superseded = {
+        *job.superseded_deletes,
+        *job.superseded,
+        *(job.written.superseded if job.written else []),
+    }
+    newer = "a newer event of this key (S3 sequencer) was applied first: nothing changed"
     results: list[DocumentResult] = []
     for raw in s3.iter_jsonl(job.outcomes.bucket, job.outcomes.key):
         o = DocumentOutcome.model_validate(raw)
-        if o.status == "accepted" and o.prefix in excluded:
+        if (o.object_key or o.key) in superseded and o.status in ("accepted", "deleted"):
+            results.append(DocumentResult(key=o.key, status="superseded", reason=newer))
+        elif o.status == "accepted" and o.prefix in excluded:
             reason = f"prefix {o.prefix} is over its daily token budget (PrefixTokenLimits)"
             results.append(DocumentResult(key=o.key, status="over_budget", reason=reason))
         elif o.status == "accepted":
