@@ -227,3 +227,43 @@ def test_content_whose_claimer_leaves_without_it_is_taken_over(
     assert left.output["billed_tokens"] == 0 and taken.output["billed_tokens"] > 0
     assert len(texts(db, waiter)) == taken.output["chunks"]
     assert texts(db, claimer) == []
+
+
+def test_a_group_waits_for_a_slow_batch_that_another_group_is_buying(
+    stack: Any, emulator: Any, db: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    salt = uuid.uuid4().hex[:8]
+    body = fresh("appetite.rst.txt", salt)
+    first_key, second_key = f"slow-{salt}/a.txt", f"slow-{salt}/b.txt"
+    emulator.update_config(batch_in_progress_seconds=15.0)  # longer than one wait
+    billed = stack.emulator.stats()["billed_tokens"]
+    first = stack.start_execution([stack.upload(first_key, body, deliver=False)])
+    until(lambda: stack.current_state(first) == "WaitForBatches", what="the first batch")
+    second = stack.start_execution([stack.upload(second_key, body, deliver=False)])
+    bought, waited = stack.wait({first: first_key, second: second_key}, timeout=300)
+    assert bought.status == waited.status == "SUCCEEDED", (bought.cause, waited.cause)
+    assert waited.output["billed_tokens"] == 0  # it waited for the other group's vectors
+    assert waited.states.count("FetchAndWrite") == 1  # retried in place, no new round
+    assert stack.emulator.stats()["billed_tokens"] - billed == bought.output["billed_tokens"]
+    assert texts(db, first_key) == texts(db, second_key) != []
+
+
+def test_three_versions_racing_with_the_oldest_one_slow(
+    stack: Any, emulator: Any, db: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    salt = uuid.uuid4().hex[:8]
+    key = f"racing-{salt}/page.txt"
+    events = [
+        stack.upload(key, f"Version {n} ({salt}). ".encode() * (20 + n), deliver=False)
+        for n in (1, 2, 3)
+    ]
+    emulator.update_config(batch_in_progress_seconds=8.0)  # the oldest version's batch
+    oldest = stack.start_execution([events[0]])
+    until(lambda: stack.current_state(oldest) == "WaitForBatches", what="the slow batch")
+    emulator.update_config(batch_in_progress_seconds=0.2)
+    newer = [stack.start_execution([e]) for e in events[1:]]
+    results = stack.wait({arn: key for arn in [oldest, *newer]}, timeout=300)
+    assert all(r.status == "SUCCEEDED" for r in results), [r.cause for r in results]
+    assert status_of(results[0], key) == "superseded"  # it finished last, and lost
+    stored = texts(db, key)
+    assert stored and all("Version 3" in t for t in stored)
