@@ -59,3 +59,12 @@ def until(check: Callable[[], Any], timeout: float = 60, what: str = "condition"
             return value
         time.sleep(0.1)
     raise TimeoutError(f"{what} not reached in {timeout} s")
+
+
+def texts(db: Any, key: str) -> list[str]:
+    """The stored chunk texts of the document ``key``, in chunk order."""
+    rows = db.execute(
+        "SELECT text FROM batch_embedder.chunks WHERE source_key = %s ORDER BY chunk_index",
+        (key,),
+    ).fetchall()
+    return [str(r[0]) for r in rows]

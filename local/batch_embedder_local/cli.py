@@ -173,6 +173,17 @@ class _Progress:
         )
 
 
+def _open_stack(args: argparse.Namespace, home: Path) -> LocalStack:
+    """The local stack with the command's ``--param``, ``--openai`` and ``--emulator``."""
+    return LocalStack(
+        home,
+        parameters=_parse_params(args.param),
+        openai=args.openai,
+        emulator_config=_parse_emulator(args.emulator),
+        log_file=home / "lambda.log",
+    )
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Upload files one by one (the pipe groups them), wait, print the summary."""
     files = _collect(args.paths)
@@ -180,13 +191,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         raise SystemExit("batch-embedder: no files to ingest")
     home = Path(args.home) if args.home else default_home()
     started = time.monotonic()
-    with LocalStack(
-        home,
-        parameters=_parse_params(args.param),
-        openai=args.openai,
-        emulator_config=_parse_emulator(args.emulator),
-        log_file=home / "lambda.log",
-    ) as stack:
+    with _open_stack(args, home) as stack:
         events = [stack.upload(key, path.read_bytes()) for key, path in files]
         delivered = [e for e in events if stack.starts_execution(e["detail"]["object"]["key"])]
         print(
@@ -233,13 +238,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     home = Path(args.home) if args.home else default_home()
     report: dict[str, Any] | None = None
     error = ""
-    with LocalStack(
-        home,
-        parameters=_parse_params(args.param),
-        openai=args.openai,
-        emulator_config=_parse_emulator(args.emulator),
-        log_file=home / "lambda.log",
-    ) as stack:
+    with _open_stack(args, home) as stack:
         try:
             report = replay(stack, steps, concurrent=args.concurrent, timeout=args.timeout)
         except (ReplayError, TimeoutError) as exc:

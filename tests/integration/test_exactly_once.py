@@ -152,6 +152,26 @@ def embedded_once(
     return books.check(db, arn or result.execution_arn)
 
 
+def reupload_buys_only_the_rest(
+    stack: Any,
+    db: psycopg.Connection[tuple[Any, ...]],
+    key: str,
+    body: bytes,
+    billed_before: int,
+    planned: int,
+) -> int:
+    """Upload ``body`` again: it succeeds and buys only what ``planned`` (the first
+    execution's plan) less ``billed_before`` leaves; returns the tokens it billed."""
+    again = Books(stack)
+    [result] = stack.ingest([(key, body)], timeout=300)
+    assert result.status == "SUCCEEDED", (result.failed_state, result.cause)
+    assert again.billed() == result.output["billed_tokens"]
+    assert billed_before + again.billed() == planned
+    assert chunks_of(db, key) == result.output["chunks"]
+    again.check(db, result.execution_arn)
+    return again.billed()
+
+
 def start(stack: Any, key: str, body: bytes) -> str:
     return str(stack.start_execution([stack.upload(key, body, deliver=False)]))
 
@@ -284,13 +304,8 @@ def test_a_failed_line_then_the_same_file_again_pays_only_that_line(
         r["token_count"] for r in map(json.loads, manifest.splitlines()) if r["seq"] in (0, 1)
     )
     emulator.update_config(fail_custom_id_pattern=None)
-    again = Books(stack)
-    [second] = stack.ingest([(key, body)], timeout=300)
-    assert second.status == "SUCCEEDED", (second.failed_state, second.cause)
-    assert again.billed() == second.output["billed_tokens"] == line_tokens
-    assert billed_first + line_tokens == planned_tokens(first.execution_arn)
-    assert chunks_of(db, key) == second.output["chunks"]
-    again.check(db, second.execution_arn)
+    planned = planned_tokens(first.execution_arn)
+    assert reupload_buys_only_the_rest(stack, db, key, body, billed_first, planned) == line_tokens
 
 
 def test_a_three_batch_job_whose_first_batch_fails(
@@ -394,13 +409,8 @@ def test_an_aborted_execution_is_brought_in_by_the_reconciler(
     billed_first = books.check(db, arn)
     emulator.update_config(batch_in_progress_seconds=0.5)
     monkeypatch.setenv("BATCH_ENQUEUED_TOKEN_CAP", "3000000")
-    again = Books(stack)
-    [result] = stack.ingest([(key, body)], timeout=300)
-    assert result.status == "SUCCEEDED", (result.failed_state, result.cause)
     # The re-upload buys only what the cancelled batch did not return.
-    assert again.billed() == result.output["billed_tokens"]
-    assert billed_first + again.billed() == planned_tokens(arn)
-    again.check(db, result.execution_arn)
+    reupload_buys_only_the_rest(stack, db, key, body, billed_first, planned_tokens(arn))
 
 
 def test_an_aborted_execution_then_the_sweep_commits_what_its_batch_billed(

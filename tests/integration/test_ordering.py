@@ -18,17 +18,9 @@ import psycopg
 import pytest
 
 from tests.conftest import fresh
-from tests.utils import until
+from tests.utils import texts, until
 
 pytestmark = pytest.mark.integration
-
-
-def texts(db: psycopg.Connection[tuple[Any, ...]], key: str) -> list[str]:
-    rows = db.execute(
-        "SELECT text FROM batch_embedder.chunks WHERE source_key = %s ORDER BY chunk_index",
-        (key,),
-    ).fetchall()
-    return [str(r[0]) for r in rows]
 
 
 def run(stack: Any, event: dict[str, Any], key: str) -> Any:

@@ -17,18 +17,11 @@ import pytest
 
 from batch_embedder_local.replay import ReplayError, parse_steps, replay
 from tests.conftest import fresh
+from tests.utils import texts
 
 
 def steps_of(*lines: dict[str, Any], base: Path = Path()) -> Any:
     return parse_steps([json.dumps(line) for line in lines], base=base)
-
-
-def texts(db: psycopg.Connection[tuple[Any, ...]], key: str) -> list[str]:
-    rows = db.execute(
-        "SELECT text FROM batch_embedder.chunks WHERE source_key = %s ORDER BY chunk_index",
-        (key,),
-    ).fetchall()
-    return [str(r[0]) for r in rows]
 
 
 def only_key(report: dict[str, Any], key: str) -> dict[str, Any]:
