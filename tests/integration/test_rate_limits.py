@@ -7,6 +7,7 @@ of a failed or expired batch use the synchronous API.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import openai
@@ -51,13 +52,18 @@ def test_429s_and_lower_remaining_slow_the_bucket_and_the_run_completes(
         client(emulator), data, model=MODEL, dimensions=None, bucket=bucket,
         max_wait_seconds=30, limits=BatchLimits(inputs_per_request=20),
     )  # fmt: skip
+    answered = time.monotonic()
     assert len(result.vectors) == 200 and all(v.shape == (1536,) for v in result.vectors)
     assert result.requests == 10 and result.rate_limited == 3 and result.retries == 3
     # After the 429 (retry-after 1 s) every taker of the bucket was held back.
     assert result.waited_seconds >= 0.9
-    # The server's lower x-ratelimit-remaining won over the bucket's own view.
+    # The server's lower x-ratelimit-remaining won over the bucket's own view: what is
+    # available now is that, plus what refilled since (3,000 RPM = 50 requests a second,
+    # 1M TPM), however slow the machine.
     state = bucket.state()
-    assert state.available_requests <= 5 + 1 and state.available_tokens <= 2000 + 1000
+    since = time.monotonic() - answered + 0.05
+    assert state.available_requests <= 5 + 1 + 3000 / 60 * since
+    assert state.available_tokens <= 2000 + 1000 + 1_000_000 / 60 * since
     # Billed tokens are tiktoken's count; the emulator billed exactly the successful calls.
     assert result.billed_tokens == sum(t for _, t in data)
     assert (
