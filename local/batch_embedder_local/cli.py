@@ -6,6 +6,9 @@
 - ``batch-embedder local costs``: what local runs cost (OpenAI + AWS), ``--by`` day|model|....
 - ``batch-embedder local openai-server --port N``: the OpenAI-compatible emulator alone.
 - ``batch-embedder costs --stack-name NAME``: the same report for a deployed stack.
+- Day-2 (docs/operate.md): ``status``, ``jobs --failed|--running``, ``retry JOB`` and
+  ``search "query"`` with ``--stack-name NAME``; ``local status`` and ``local jobs --failed``
+  read what the local stack persisted (its executions live only while it runs).
 """
 
 from __future__ import annotations
@@ -262,6 +265,17 @@ def cmd_search(args: argparse.Namespace) -> int:
         args.query, k=args.k, home=Path(args.home) if args.home else None, openai_mode=args.openai
     )
     if args.json:
+        _print_hits(args, hits)
+        return 0
+    if not hits:
+        print("no chunks indexed yet: run `batch-embedder local ingest PATH` first")
+        return 1
+    _print_hits(args, hits)
+    return 0
+
+
+def _print_hits(args: argparse.Namespace, hits: list[Any]) -> None:
+    if args.json:
         json.dump(
             [
                 {
@@ -276,14 +290,12 @@ def cmd_search(args: argparse.Namespace) -> int:
             indent=2,
         )
         print()
-        return 0
+        return
     if not hits:
-        print("no chunks indexed yet: run `batch-embedder local ingest PATH` first")
-        return 1
+        print("no chunks found")
     for rank, h in enumerate(hits, 1):
         snippet = " ".join(h.text.split())[:160]
         print(f"{rank}. {h.score:.4f}  {h.key} #{h.chunk_index}\n   {snippet}")
-    return 0
 
 
 def cmd_local_costs(args: argparse.Namespace) -> int:
@@ -293,14 +305,124 @@ def cmd_local_costs(args: argparse.Namespace) -> int:
     home = Path(args.home) if args.home else default_home()
     with LocalStack(home, compute=False) as stack:
         os.environ["USAGE_TABLE"] = stack.refs["UsageTable"]
+        if not getattr(args, "dimensions", 0):  # the advice: the stack's own setting
+            args.dimensions = int(stack.parameters.get("EmbeddingDimensions") or 0)
         return costs.main(args)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    if args.json:
+        json.dump(data, sys.stdout, indent=2, default=str)
+        print()
+    else:
+        sys.stdout.write(text)
+
+
+def _ops_call(func: Any) -> int:
+    """Run a day-2 command; a problem the user can fix is a message and exit 2."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from .ops import OpsError
+
+    try:
+        return int(func())
+    except (OpsError, ClientError, BotoCoreError) as exc:
+        print(f"batch-embedder: {exc}", file=sys.stderr)
+        return 2
+
+
+def _day2(args: argparse.Namespace, res: Any, *, offline: bool = False) -> int:
+    from . import ops
+
+    if args.day2 == "status":
+        data = ops.status(res, scan_jobs=offline)
+        _emit(args, data, ops.render_status(data))
+        return 0
+    if args.day2 == "jobs":
+        found = ops.list_jobs(res, "running" if args.running else "failed", limit=args.limit)
+        _emit(args, [j.as_dict() for j in found], ops.render_jobs(found))
+        return 0
+    if args.day2 == "retry":
+        started = ops.retry(res, args.job, latest=args.latest)
+        _emit(args, started, f"started {started['retry']}: {started['execution_arn']}\n")
+        return 0
+    raise SystemExit(f"batch-embedder: unknown command {args.day2}")
+
+
+def cmd_day2(args: argparse.Namespace) -> int:
+    """``status``/``jobs``/``retry --stack-name NAME``: a deployed stack."""
+    from . import ops
+
+    return _ops_call(lambda: _day2(args, ops.resources_from_stack(args.stack_name)))
+
+
+def cmd_local_day2(args: argparse.Namespace) -> int:
+    """``local status``/``local jobs``: the tables the local runs persisted (offline)."""
+    from . import ops
+
+    if args.day2 == "retry":
+        print(
+            "batch-embedder: local executions live only while the stack runs (moto keeps "
+            "Step Functions in memory): fix the file and run `batch-embedder local ingest` "
+            "again (see docs/operate.md)",
+            file=sys.stderr,
+        )
+        return 2
+    home = Path(args.home) if args.home else default_home()
+    with LocalStack(home, compute=False) as stack:
+        res = ops.resources_from_local(stack, live=False)
+        return _ops_call(lambda: _day2(args, res, offline=True))
+
+
+def cmd_stack_search(args: argparse.Namespace) -> int:
+    """``search "query" --stack-name NAME``: the deployed index, through its secrets."""
+    from . import ops
+
+    def run() -> int:
+        hits = ops.search_stack(ops.resources_from_stack(args.stack_name), args.query, k=args.k)
+        _print_hits(args, hits)
+        return 0 if hits else 1
+
+    return _ops_call(run)
+
+
+def _add_day2(sub: Any, *, deployed: bool, func: Any) -> None:
+    """``status``, ``jobs`` and ``retry`` under ``sub`` (deployed: --stack-name required)."""
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="the same data as JSON")
+        if deployed:
+            p.add_argument("--stack-name", required=True, help="the CloudFormation stack")
+        else:
+            p.add_argument("--home", help="data folder (default $BATCH_EMBEDDER_HOME)")
+        p.set_defaults(func=func)
+
+    status = sub.add_parser(
+        "status", help="queue depths, batches in flight, executions, today's budget"
+    )
+    status.set_defaults(day2="status")
+    common(status)
+    jobs = sub.add_parser("jobs", help="failed or running jobs with their keys and causes")
+    which = jobs.add_mutually_exclusive_group()
+    which.add_argument("--failed", action="store_true", help="failed jobs (default)")
+    which.add_argument("--running", action="store_true", help="running executions")
+    jobs.add_argument("--limit", type=int, default=20, help="newest N (default 20)")
+    jobs.set_defaults(day2="jobs")
+    common(jobs)
+    retry = sub.add_parser("retry", help="start JOB-retry-N with a failed job's input")
+    retry.add_argument("job", metavar="JOB", help="the failed execution's name (job id)")
+    retry.add_argument(
+        "--latest", action="store_true", help="read each object's current version (after a fix)"
+    )
+    retry.set_defaults(day2="retry")
+    common(retry)
 
 
 def cmd_openai_server(args: argparse.Namespace) -> int:
     """Run the OpenAI-compatible emulator in the foreground."""
     from .openai_server.server import main as server_main
 
-    argv = ["--port", str(args.port)]
+    argv = ["--host", args.host, "--port", str(args.port)]
     if args.data_dir:
         argv += ["--data-dir", args.data_dir]
     if args.emulator:
@@ -393,8 +515,22 @@ def build_parser() -> argparse.ArgumentParser:
     costs.add_arguments(aws_costs)
     aws_costs.set_defaults(func=costs.main)
 
+    _add_day2(lsub, deployed=False, func=cmd_local_day2)
+    _add_day2(sub, deployed=True, func=cmd_day2)
+    stack_search = sub.add_parser("search", help="nearest chunks in a deployed stack's index")
+    stack_search.add_argument("query")
+    stack_search.add_argument("-k", type=int, default=5, help="how many chunks (default 5)")
+    stack_search.add_argument("--json", action="store_true")
+    stack_search.add_argument("--stack-name", required=True, help="the CloudFormation stack")
+    stack_search.set_defaults(func=cmd_stack_search)
+
     server = lsub.add_parser("openai-server", help="run the OpenAI-compatible emulator")
     server.add_argument("--port", type=int, default=8787)
+    server.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface (default 127.0.0.1; 0.0.0.0 for sam local invoke on Linux)",
+    )
     server.add_argument("--data-dir")
     server.add_argument(
         "--emulator",

@@ -306,3 +306,135 @@ def render_markdown(report: CostReport, title: str = "Embedding costs") -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# -- what would save money ---------------------------------------------------------------
+
+#: A group of at most this many documents is "small": it pays a whole workflow's state
+#: transitions and Lambda requests for little work.
+SMALL_GROUP_DOCUMENTS = 2
+#: Documents per group assumed once UploadBatchWindowSeconds is raised (the pipe's batch).
+TARGET_GROUP_DOCUMENTS = 10
+#: The dimensions suggested for text-embedding-3 models (shortened natively by the API).
+SUGGESTED_DIMENSIONS = 512
+#: The models' native dimensions (text-embedding-3 accept a shorter ``dimensions``).
+NATIVE_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072}
+
+
+class Advice(BaseModel):
+    """One line of "What would save money": ``saving_usd`` is the estimated saving over
+    the report's range (0 when the line is about storage or what was already saved)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    topic: Literal["sync_api", "small_groups", "cache", "dimensions"]
+    saving_usd: float
+    share: float | None = Field(description="the fraction the line is about (0..1)")
+    text: str
+
+
+def advise(
+    records: Iterable[Mapping[str, Any]], dimensions: int = 0, small: int = SMALL_GROUP_DOCUMENTS
+) -> list[Advice]:
+    """What would save money, from ledger items (as DynamoDB returns them).
+
+    - ``sync_api``: the OpenAI spend of groups that went through the synchronous API only
+      (``api == "sync"``) and what the Batch API (half price) would save on it;
+    - ``small_groups``: the AWS spend of groups of at most ``small`` documents; merging them
+      into groups of :data:`TARGET_GROUP_DOCUMENTS` (a longer UploadBatchWindowSeconds)
+      saves all but one group's fixed cost per merged group;
+    - ``cache``: the content cache's hit rate (tokens served from it over tokens needed)
+      and what it already avoided;
+    - ``dimensions``: per text-embedding-3 model used at its native size (``dimensions``
+      is the stack's EmbeddingDimensions, 0 = native), the storage a 512-dimension vector
+      saves (the OpenAI price does not depend on dimensions: saving 0 USD).
+
+    Raises:
+        ValueError: an item is not a valid ledger record.
+    """
+    recs = [parse_record(r) for r in records]
+    openai = sum((_money(r.cost_usd) for r in recs), Decimal(0))
+    lines: list[Advice] = []
+
+    sync = sum((_money(r.cost_usd) for r in recs if r.api == "sync"), Decimal(0))
+    mixed = sum(1 for r in recs if r.api not in ("sync", "batch"))
+    share = float(sync / openai) if openai else 0.0
+    text = (
+        f"{share:.0%} of the OpenAI spend (${fmt_usd(_usd(sync))}) went through the "
+        f"synchronous API; the Batch API (half price) would save "
+        f"${fmt_usd(_usd(sync / 2))}: keep SyncPrefixes to what must be searchable at once"
+    )
+    if mixed:
+        text += f" ({mixed} mixed sync+batch group(s) not counted)"
+    lines.append(Advice(topic="sync_api", saving_usd=_usd(sync / 2), share=share, text=text))
+
+    smalls = [r for r in recs if r.documents <= small]
+    small_aws = sum((_money(r.aws_cost_usd) for r in smalls), Decimal(0))
+    aws = sum((_money(r.aws_cost_usd) for r in recs), Decimal(0))
+    small_docs = sum(max(1, r.documents) for r in smalls)
+    after = -(-small_docs // TARGET_GROUP_DOCUMENTS) if smalls else 0
+    saving = small_aws * (1 - Decimal(after) / len(smalls)) if smalls else Decimal(0)
+    share = float(small_aws / aws) if aws else 0.0
+    lines.append(
+        Advice(
+            topic="small_groups",
+            saving_usd=_usd(max(saving, Decimal(0))),
+            share=share,
+            text=(
+                f"{len(smalls)} of {len(recs)} group(s) had <= {small} document(s): "
+                f"{share:.0%} of the AWS spend (${fmt_usd(_usd(small_aws))}) in state "
+                f"transitions and Lambda requests; a longer UploadBatchWindowSeconds "
+                f"(~{TARGET_GROUP_DOCUMENTS} documents a group: {after} group(s)) would save "
+                f"about ${fmt_usd(_usd(max(saving, Decimal(0))))}"
+            ),
+        )
+    )
+
+    saved_tokens = sum(r.tokens_saved for r in recs)
+    needed = saved_tokens + sum(r.tokens for r in recs)
+    hits = sum(r.cache_hits for r in recs)
+    avoided = sum((_money(r.cost_avoided_usd) for r in recs), Decimal(0))
+    rate = saved_tokens / needed if needed else 0.0
+    lines.append(
+        Advice(
+            topic="cache",
+            saving_usd=0.0,
+            share=rate,
+            text=(
+                f"cache hit rate {rate:.0%} ({hits:,} chunk(s), {saved_tokens:,} tokens): "
+                f"already avoided ${fmt_usd(_usd(avoided))}; re-uploading unchanged "
+                "content costs nothing, changed content only its new chunks"
+            ),
+        )
+    )
+
+    for model in sorted({r.model for r in recs}):
+        native = NATIVE_DIMENSIONS.get(model)
+        if native is None or (dimensions and dimensions != native):
+            continue
+        cut = 1 - SUGGESTED_DIMENSIONS / native
+        lines.append(
+            Advice(
+                topic="dimensions",
+                saving_usd=0.0,
+                share=cut,
+                text=(
+                    f"{model} at its native {native} dimensions: EmbeddingDimensions="
+                    f"{SUGGESTED_DIMENSIONS} would cut vector storage (and index memory) by "
+                    f"{cut:.0%} ({4 * (native - SUGGESTED_DIMENSIONS):,} bytes a chunk); the "
+                    "OpenAI price is the same, re-embedding is needed"
+                ),
+            )
+        )
+    return lines
+
+
+def render_advice(lines: Sequence[Advice]) -> str:
+    """The "What would save money" section as text, one line each with its saving."""
+    if not lines:
+        return ""
+    out = ["", "What would save money"]
+    for a in lines:
+        saving = f"${fmt_usd(a.saving_usd)}" if a.saving_usd else "-"
+        out.append(f"  {saving:>12}  {a.text}")
+    return "\n".join(out) + "\n"

@@ -12,6 +12,7 @@ OpenAI and AWS stacked, against the naive cost (``--plot FILE.png``, matplotlib)
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -26,7 +27,9 @@ from .cost_report import (
     CostReport,
     CostRow,
     GroupBy,
+    advise,
     date_range,
+    render_advice,
     render_json,
     render_markdown,
     render_table,
@@ -188,6 +191,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stack-name",
         help="read the usage table from this CloudFormation stack's UsageTableName output",
     )
+    parser.add_argument(
+        "--dimensions",
+        type=int,
+        default=0,
+        help="the stack's EmbeddingDimensions, for the advice (default 0: native)",
+    )
 
 
 class CostsError(Exception):
@@ -265,7 +274,9 @@ def main(args: argparse.Namespace) -> int:
         since, until = _date_range(args)
         table = _usage_table(args)
         by = cast(GroupBy, getattr(args, "by", None) or "day")
-        report = summarise(load_records(table, since, until), since, until, by=by)
+        records = load_records(table, since, until)
+        report = summarise(records, since, until, by=by)
+        advice = advise(records, dimensions=int(getattr(args, "dimensions", 0) or 0))
     except (CostsError, ValueError, ClientError, BotoCoreError) as exc:
         print(f"batch-embedder costs: {exc}", file=sys.stderr)
         return 2
@@ -277,7 +288,11 @@ def main(args: argparse.Namespace) -> int:
     if plot:
         print(f"wrote {plot_png(report, plot)}", file=sys.stderr)
     if want_json:
-        sys.stdout.write(render_json(report))
+        data = json.loads(render_json(report))
+        data["advice"] = [a.model_dump() for a in advice]
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
     elif markdown != "-":
         sys.stdout.write(render_table(report))
+        if report.total.jobs:
+            sys.stdout.write(render_advice(advice))
     return 0

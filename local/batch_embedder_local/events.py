@@ -16,11 +16,18 @@ What a Task state sent its function is read from the execution history
 task token); the receiver's request is what the emulator's webhook reached the local
 Function URL with. The scheduled functions get an EventBridge "Scheduled Event". Each
 file is what ``sam local invoke <Function> -e events/<file>.json`` feeds that function.
+
+``env.json`` (``sam local invoke --env-vars events/env.json``) gives every function of
+template.yaml the Globals environment resolved with the names the events use: the local
+stack's buckets and tables (``batch-embedder-local-<logical id>``: fixed names, so the
+events and env.json agree run after run), its secrets by name, and ``OPENAI_BASE_URL``
+pointing at the emulator on the Docker host (``batch-embedder local openai-server``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -69,6 +76,11 @@ ALL_FILES = sorted(
         "sweep_reservations.json",
     }
 )
+#: The ``--env-vars`` file of ``sam local invoke`` (not an event).
+ENV_FILE = "env.json"
+#: Where a function in SAM's container reaches the emulator started on the host with
+#: ``batch-embedder local openai-server --port 8787``.
+DOCKER_OPENAI_BASE_URL = "http://host.docker.internal:8787/v1"
 #: The schedules of template.yaml's scheduled functions (SAM names the rules like this).
 SCHEDULES = {
     "reconcile_batches.json": "ReconcileBatchesFunctionReconcile",
@@ -193,6 +205,36 @@ def capture(stack: LocalStack) -> dict[str, Any]:
     return out
 
 
+def env_vars(stack: LocalStack) -> dict[str, dict[str, str]]:
+    """``{function logical id: {VAR: value}}`` for ``sam local invoke --env-vars``.
+
+    Every function gets template.yaml's Globals variables (SAM only passes variables the
+    template declares) with the stack's values: its bucket and table names, its secrets by
+    name (an ARN's random suffix would change every run), the emulator on the Docker host.
+    """
+    import boto3
+
+    template = stack.template
+    names = template.get("Globals", {}).get("Function", {}).get("Environment", {})
+    names = names.get("Variables", {})
+    secrets = boto3.client("secretsmanager", region_name=REGION)
+    env: dict[str, str] = {}
+    for var in names:
+        value = os.environ.get(var, "")
+        if var.endswith("_SECRET_ID") and value:
+            value = str(secrets.describe_secret(SecretId=value)["Name"])
+        env[var] = value
+    env["OPENAI_BASE_URL"] = DOCKER_OPENAI_BASE_URL
+    env["TIKTOKEN_CACHE_DIR"] = "/opt/tiktoken"  # the layer's baked cache
+    env["POWERTOOLS_LOG_LEVEL"] = "INFO"
+    functions = sorted(
+        logical
+        for logical, res in template["Resources"].items()
+        if res["Type"] == "AWS::Serverless::Function"
+    )
+    return {logical: dict(sorted(env.items())) for logical in functions}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write the captured events into the folder given (default ``events``)."""
     args = sys.argv[1:] if argv is None else argv
@@ -208,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
             reconcile_seconds=0,
         ) as stack:
             captured = capture(stack)
+            env = env_vars(stack)
+            # DocumentsBucket is no function's variable (the events carry it); named here
+            # so env.json lists every name the events use (SAM ignores undeclared ones).
+            for values in env.values():
+                values.setdefault("DOCUMENTS_BUCKET", stack.documents_bucket)
+            captured[ENV_FILE] = env
     for name in sorted(captured):
         text = json.dumps(captured[name], indent=2, ensure_ascii=False) + "\n"
         (folder / name).write_text(text, encoding="utf-8")

@@ -346,7 +346,15 @@ class LocalStack:
 
     # -- resources from template.yaml -----------------------------------------------
     def _create_resources(self, openai_key: str, base_url: str) -> None:
-        resources: dict[str, Any] = self.template["Resources"]
+        # Resources whose Condition is false for these parameters (CreateDatabase's
+        # database, AlarmEmail's subscription) do not exist; types the local stack does
+        # not emulate (alarms, topics, log groups, RDS, VPC endpoints) are skipped below.
+        conditions = Resolver(self.template, self.parameters, {}, {}, {})
+        resources: dict[str, Any] = {
+            logical: res
+            for logical, res in self.template["Resources"].items()
+            if conditions.included(res)
+        }
         s3 = boto3.client("s3", region_name=REGION)
         ddb = boto3.client("dynamodb", region_name=REGION)
         secrets = boto3.client("secretsmanager", region_name=REGION)

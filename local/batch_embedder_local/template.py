@@ -2,8 +2,8 @@
 
 The local stack builds its buckets, tables, secrets, functions and state machine from the
 template's own resource definitions; this module turns ``!Ref``, ``!GetAtt``, ``!Sub``,
-``!If``, ``!Join``, ``!Equals`` and ``!Not`` into values given the parameters and the
-local physical names.
+``!If``, ``!Join``, ``!Equals``, ``!Not``, ``!And``, ``!Or`` and ``!FindInMap`` into values
+given the parameters and the local physical names.
 """
 
 from __future__ import annotations
@@ -89,6 +89,11 @@ class Resolver:
         """Evaluate the named condition of the template."""
         return bool(self.resolve(self.template.get("Conditions", {})[name]))
 
+    def included(self, resource: dict[str, Any]) -> bool:
+        """Whether ``resource`` exists given the parameters (its ``Condition``, if any)."""
+        name = resource.get("Condition")
+        return name is None or self.condition(name)
+
     def _ref(self, name: str) -> Any:
         if name == "AWS::NoValue":
             return NoValue()
@@ -144,6 +149,13 @@ class Resolver:
                 return left == right
             if name == "Fn::Not":
                 return not self.resolve(arg[0])
+            if name == "Fn::And":
+                return all(self.resolve(a) for a in arg)
+            if name == "Fn::Or":
+                return any(self.resolve(a) for a in arg)
+            if name == "Fn::FindInMap":
+                table, top, second = (str(self.resolve(a)) for a in arg)
+                return self.template["Mappings"][table][top][second]
             if name == "Condition":
                 return self.condition(arg)
         out = {k: self.resolve(v) for k, v in value.items()}

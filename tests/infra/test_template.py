@@ -35,14 +35,36 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_sam_validate_lint() -> None:
-    proc = run(tool("sam"), "validate", "--lint", "--region", "us-east-1")
+TEMPLATE = ROOT / "template.yaml"
+CREATE_DATABASE_DEFAULT = '''  CreateDatabase:
+    Type: String
+    Default: "false"'''
+
+
+@pytest.fixture(scope="module")
+def database_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of template.yaml in a tmp dir with CreateDatabase's default flipped to "true"."""
+    text = TEMPLATE.read_text(encoding="utf-8")
+    assert text.count(CREATE_DATABASE_DEFAULT) == 1
+    flipped = CREATE_DATABASE_DEFAULT.replace('"false"', '"true"')
+    text = text.replace(CREATE_DATABASE_DEFAULT, flipped)
+    path = tmp_path_factory.mktemp("template") / "template.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("variant", ["default", "create-database"])
+def test_sam_validate_lint(variant: str, request: pytest.FixtureRequest) -> None:
+    path = TEMPLATE if variant == "default" else request.getfixturevalue("database_template")
+    proc = run(tool("sam"), "validate", "--lint", "--region", "us-east-1", "-t", str(path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "is a valid SAM Template" in proc.stdout + proc.stderr
 
 
-def test_cfn_lint() -> None:
-    proc = run(tool("cfn-lint"), "template.yaml")
+@pytest.mark.parametrize("variant", ["default", "create-database"])
+def test_cfn_lint(variant: str, request: pytest.FixtureRequest) -> None:
+    path = TEMPLATE if variant == "default" else request.getfixturevalue("database_template")
+    proc = run(tool("cfn-lint"), str(path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -100,7 +122,7 @@ def test_functions_have_least_privilege_policies() -> None:
         "BuildAndUploadJsonlFunction", "CreateBatchFunction", "EmbedSyncFunction",
         "DeleteDocumentsFunction", "FetchAndWriteFunction", "RecordCostFunction",
         "RecordFailureFunction", "SweepReservationsFunction", "WaitForBatchesFunction",
-        "WebhookReceiverFunction", "ReconcileBatchesFunction",
+        "WebhookReceiverFunction", "ReconcileBatchesFunction", "MigrateDatabaseFunction",
     }  # fmt: skip
     for name, fn in functions.items():
         policies = fn["Properties"].get("Policies", [])
@@ -115,9 +137,14 @@ def test_functions_have_least_privilege_policies() -> None:
     readers = {n for n, fn in functions.items() if "DatabaseUrlSecret" in json.dumps(fn)}
     assert readers == {"CheckCacheFunction", "FetchAndWriteFunction", "DeleteDocumentsFunction",
                        "RecordFailureFunction", "EmbedSyncFunction", "SweepReservationsFunction",
-                       "ReconcileBatchesFunction"}  # fmt: skip
+                       "ReconcileBatchesFunction", "MigrateDatabaseFunction"}  # fmt: skip
     for name in readers:
         assert "VpcConfig" in functions[name]["Properties"], name
+    # ... and has its concurrency capped by DatabaseConcurrency (not the one-off migration).
+    for name in readers - {"MigrateDatabaseFunction"}:
+        assert "DatabaseConcurrency" in json.dumps(
+            functions[name]["Properties"]["ReservedConcurrentExecutions"]
+        ), name
 
 
 def _task_token_statement(policy: object) -> bool:

@@ -293,16 +293,18 @@ def test_supported_extensions() -> None:
         ".json",
         ".jsonl",
         ".csv",
+        ".pdf",
+        ".docx",
     }
 
 
 @pytest.mark.parametrize(
-    "key", ["report.pdf", "image.png", "archive.tar.gz", "README", "x.txt.bak"]
+    "key", ["report.doc", "image.png", "archive.tar.gz", "README", "x.txt.bak"]
 )
 def test_unsupported_extension(key: str) -> None:
     error = _error(key, b"some text")
     assert "unsupported file type" in error.reason
-    assert ".txt, .md, .rst, .html, .htm, .json, .jsonl, .csv" in error.reason
+    assert ".txt, .md, .rst, .html, .htm, .json, .jsonl, .csv, .pdf, .docx" in error.reason
     if "." in key:
         assert key.rsplit(".", 1)[1] in error.reason
     else:
@@ -337,25 +339,32 @@ def test_png_header_looks_binary() -> None:
     assert _error("image.txt", data).reason.startswith("looks binary")
 
 
-def test_utf16_looks_binary() -> None:
-    error = _error("a.txt", "hello".encode("utf-16"))
+def test_utf16_with_a_bom_is_text() -> None:
+    assert decode_document("a.txt", "hello".encode("utf-16")) == "hello"
+
+
+def test_utf16_without_a_bom_looks_binary() -> None:
+    error = _error("a.txt", "hello".encode("utf-16-le"))
     assert error.reason.startswith("looks binary")
-    assert "UTF-16" in error.reason
+    assert "NUL" in error.reason
 
 
 @pytest.mark.parametrize(
-    ("data", "offset"),
+    ("data", "text"),
     [
-        (b"abc\xffdef", 3),
-        (b"\xef\xbb\xbfabc\xc3(", 6),  # the offset counts the BOM: it is a file offset
-        (b"caf\xc3", 3),  # truncated sequence at the end
-        ("\u00e9t\u00e9 ".encode("latin-1"), 0),
+        (b"abc\xffdef", "abc\u00ffdef"),
+        (b"caf\xc3", "caf\u00c3"),  # a truncated UTF-8 sequence: read as cp1252
+        ("\u00e9t\u00e9 ".encode("latin-1"), "\u00e9t\u00e9"),
     ],
 )
-def test_invalid_utf8_names_the_byte_offset(data: bytes, offset: int) -> None:
-    error = _error("a.txt", data)
+def test_text_that_is_not_utf8_is_read_in_its_code_page(data: bytes, text: str) -> None:
+    assert decode_document("a.txt", data) == text
+
+
+def test_a_utf8_bom_then_invalid_utf8_names_the_byte_offset() -> None:
+    error = _error("a.txt", b"\xef\xbb\xbfabc\xc3(")
     assert "not valid UTF-8" in error.reason
-    assert f"byte offset {offset}" in error.reason
+    assert "byte offset 6" in error.reason  # a file offset: it counts the BOM
 
 
 @pytest.mark.parametrize("data", [b"   \n\n\t  ", b"\r\n\r\n"])

@@ -13,9 +13,9 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from batch_embedder import models, service_models
+from batch_embedder import failure_models, models, service_models
 from batch_embedder.steps.batch import overall_status, to_ref
-from batch_embedder_local.events import ALL_FILES, FILES, SCHEDULES
+from batch_embedder_local.events import ALL_FILES, ENV_FILE, FILES, SCHEDULES
 from batch_embedder_local.pipe import render_input_template
 from batch_embedder_local.stack import LOCAL_API_KEY
 from batch_embedder_local.template import load_template
@@ -48,8 +48,10 @@ def handler_model(logical: str) -> type[BaseModel]:
     code = ROOT / TEMPLATE["Resources"][logical]["Properties"]["CodeUri"] / "app.py"
     found = re.search(r"step_handler\((\w+)\)", code.read_text(encoding="utf-8"))
     assert found, f"{code}: no step_handler(Model)"
-    model: type[BaseModel] = getattr(models, found.group(1), None) or getattr(
-        service_models, found.group(1)
+    model: type[BaseModel] = (
+        getattr(models, found.group(1), None)
+        or getattr(failure_models, found.group(1), None)
+        or getattr(service_models, found.group(1))
     )
     return model
 
@@ -94,7 +96,7 @@ def invoke(stack: Any, logical: str, event: Any) -> Any:
 
 
 def test_events_folder_holds_exactly_the_captured_files() -> None:
-    on_disk = {p.name for p in EVENTS.glob("*.json")}
+    on_disk = {p.name for p in EVENTS.glob("*.json")} - {ENV_FILE}
     assert on_disk == set(ALL_FILES)
     assert set(ALL_FILES) == set(FUNCTIONS) | WORKFLOW_INPUTS
 
@@ -117,6 +119,55 @@ def test_events_name_only_functions_of_the_template() -> None:
         events = TEMPLATE["Resources"][logical]["Properties"]["Events"]
         assert rule in {logical + e for e, v in events.items() if v["Type"] == "Schedule"}
         assert load(name)["resources"][0].endswith(f"-{rule}")
+
+
+def resource_names(value: Any, key: str = "") -> set[str]:
+    """Every bucket, table and queue name an event carries (fields, ARNs, URIs, URLs)."""
+    if isinstance(value, dict):
+        found: set[str] = set()
+        for k, v in value.items():
+            if k == "bucket" and isinstance(v, dict):  # EventBridge: detail.bucket.name
+                found |= {str(v["name"])}
+            else:
+                found |= resource_names(v, k)
+        return found
+    if isinstance(value, list):
+        return set().union(*(resource_names(v, key) for v in value)) if value else set()
+    if not isinstance(value, str):
+        return set()
+    text = value
+    if key.lower() in ("bucket", "table", "table_name", "queue", "queue_url"):
+        return {text.rsplit("/", 1)[-1] if text.startswith("https://") else text}
+    patterns = (
+        r"arn:aws:s3:::([^/\s\"]+)",
+        r"s3://([^/\s\"]+)",
+        r"arn:aws:dynamodb:[^:]*:\d*:table/([^/\s\"]+)",
+        r"https://sqs\.[^/]+/\d+/([^/\s\"]+)",
+    )
+    return {m for p in patterns for m in re.findall(p, text)}
+
+
+def test_env_json_defines_every_name_the_events_use() -> None:
+    """sam local invoke -e events/X.json --env-vars events/env.json is consistent."""
+    env: dict[str, dict[str, str]] = load(ENV_FILE)
+    functions = {
+        logical
+        for logical, res in TEMPLATE["Resources"].items()
+        if res["Type"] == "AWS::Serverless::Function"
+    }
+    assert set(env) == functions  # every function, keyed by logical id
+    declared = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+    resources = [v for v in declared if v.endswith(("_BUCKET", "_TABLE", "_SECRET_ID"))]
+    assert resources
+    for logical, values in env.items():
+        assert all(isinstance(v, str) for v in values.values()), logical
+        missing = [v for v in resources if not values.get(v)]
+        assert not missing, f"{logical}: no {missing} in env.json (make events)"
+    defined = {v for values in env.values() for v in values.values()}
+    used: dict[str, set[str]] = {name: resource_names(load(name)) for name in ALL_FILES}
+    assert used["chunk_and_estimate.json"] and used["check_cache.json"]
+    for name, names in used.items():
+        assert names <= defined, f"{name} names {sorted(names - defined)}, not in env.json"
 
 
 @pytest.mark.parametrize("name", sorted(FUNCTIONS))
@@ -151,7 +202,7 @@ def test_wait_event_carries_a_task_token_and_the_submitted_job() -> None:
 
 
 def test_record_failure_event_is_an_invalid_document() -> None:
-    failure = models.FailureInput.model_validate(load("record_failure.json"))
+    failure = failure_models.FailureInput.model_validate(load("record_failure.json"))
     assert failure.error is not None and failure.error.error == "InvalidDocumentError"
     assert "docs/empty.txt" in failure.error.cause
 

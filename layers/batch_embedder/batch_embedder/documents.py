@@ -2,7 +2,10 @@
 
 Formats, chosen by the key's last suffix (case-insensitive):
 
-- ``.txt``, ``.md``, ``.rst``: the text as is (``notes.rst.txt`` is a ``.txt``).
+- ``.txt``, ``.md``, ``.rst``: the text as is (``notes.rst.txt`` is a ``.txt``); a ``.md``
+  file's YAML front matter is dropped, its ``title`` kept as the first paragraph.
+- ``.pdf``: the text layer, page by page (pypdf); ``.docx``: paragraphs and tables in
+  document order (python-docx). See ``formats``.
 - ``.html``, ``.htm``: the visible text (stdlib ``html.parser`` through BeautifulSoup);
   ``script``, ``style``, ``noscript``, ``template``, ``head`` and comments are dropped, block
   elements (``p``, ``div``, ``li``, headings, ...) become paragraphs, ``br`` a line break,
@@ -13,8 +16,10 @@ Formats, chosen by the key's last suffix (case-insensitive):
 - ``.csv``: a header row, then records; the configured columns that exist (header names are
   matched ignoring case and surrounding spaces).
 
-Records become paragraphs separated by a blank line; the fields of one record are separate
-lines of its paragraph. The result goes through ``normalize_text``.
+Text files (every format but PDF and DOCX) are UTF-8, or another character set detected by
+``formats.decode_charset`` (a BOM, then charset-normalizer). Records become paragraphs
+separated by a blank line; the fields of one record are separate lines of its paragraph.
+The result goes through ``normalize_text``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,17 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from batch_embedder.errors import InvalidDocumentError
+from batch_embedder.formats import (
+    CONTROL_BYTE_RATIO,
+    Decoded,
+    decode_charset,
+    docx_text,
+    pdf_text,
+    strip_front_matter,
+)
+
+__all__ = ["CONTROL_BYTE_RATIO", "SUPPORTED_EXTENSIONS", "Decoded", "decode_document",
+           "decode_text", "extract_document", "normalize_text", "read_text"]  # fmt: skip
 
 #: Suffixes ``decode_document`` accepts, lower case.
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (
@@ -39,20 +55,15 @@ SUPPORTED_EXTENSIONS: tuple[str, ...] = (
     ".json",
     ".jsonl",
     ".csv",
+    ".pdf",
+    ".docx",
 )
 
 #: Fields (JSON, JSONL) and columns (CSV) read by default, in this order.
 DEFAULT_TEXT_FIELDS: tuple[str, ...] = ("text", "content", "body")
 
-#: A document with more than this fraction of control bytes (not tab, LF, FF, CR, ESC) is
-#: treated as binary.
-CONTROL_BYTE_RATIO = 0.10
-
 _TEXT_EXTENSIONS = frozenset({".txt", ".md", ".rst"})
 _HTML_EXTENSIONS = frozenset({".html", ".htm"})
-_UTF8_BOM = b"\xef\xbb\xbf"
-#: C0 controls and DEL, except tab, LF, FF, CR and ESC (ANSI colours in logs).
-_CONTROL_BYTES = bytes(b for b in [*range(0x20), 0x7F] if b not in (0x09, 0x0A, 0x0C, 0x0D, 0x1B))
 
 # HTML: dropped subtrees, elements that are paragraphs, elements that keep their whitespace.
 _HTML_DROP = frozenset({"script", "style", "noscript", "template", "head", "title", "iframe"})
@@ -86,12 +97,28 @@ def decode_document(
     csv_columns: Sequence[str] = DEFAULT_TEXT_FIELDS,
     max_bytes: int | None = None,
 ) -> str:
-    """The normalised text of the object ``key`` whose content is ``data``.
+    """The normalised text of the object ``key``: ``extract_document(...).text``."""
+    return extract_document(
+        key, data, json_fields=json_fields, csv_columns=csv_columns, max_bytes=max_bytes
+    ).text
+
+
+def extract_document(
+    key: str,
+    data: bytes,
+    *,
+    json_fields: Sequence[str] = DEFAULT_TEXT_FIELDS,
+    csv_columns: Sequence[str] = DEFAULT_TEXT_FIELDS,
+    max_bytes: int | None = None,
+) -> Decoded:
+    """The normalised text of the object ``key`` whose content is ``data``, and how it was
+    read (``Decoded.encoding``: ``"utf-8"``, ``"cp1252"``, ``"utf-16"``, ``"pdf"``, ...).
 
     Args:
         key: the S3 object key; its suffix picks the format (see the module doc) and it is
             named in every error.
-        data: the object's bytes, UTF-8 (a leading UTF-8 BOM is allowed and removed).
+        data: the object's bytes: a PDF, a DOCX, or text in UTF-8 (the fast path), in
+            UTF-16 / UTF-32 with a BOM, or in a detected single-byte code page (cp1252, ...).
         json_fields: keys read from each JSON / JSONL object, in this order.
         csv_columns: CSV columns read from each row, in this order.
         max_bytes: largest accepted ``len(data)`` in bytes (``MAX_DOCUMENT_BYTES``); ``None``
@@ -99,14 +126,15 @@ def decode_document(
 
     Returns:
         The text, normalised by ``normalize_text``: never empty, paragraphs separated by
-        ``"\\n\\n"``.
+        ``"\\n\\n"``; and the encoding.
 
     Raises:
         InvalidDocumentError: the suffix is not in ``SUPPORTED_EXTENSIONS``; the object is
-            empty, over ``max_bytes``, binary (NUL bytes or more than 10% control bytes), not
-            valid UTF-8 (the reason gives the byte offset), not valid JSON / JSONL / CSV (the
-            reason gives the line and column), a CSV without any of ``csv_columns`` (the
-            reason lists the columns it has); or no text is left after extraction.
+            empty, over ``max_bytes``, binary (NUL bytes or more than 10% control bytes), in
+            no known text encoding, not valid JSON / JSONL / CSV (the reason gives the line
+            and column), a CSV without any of ``csv_columns`` (the reason lists the columns
+            it has), not a readable PDF / DOCX, an encrypted PDF, a PDF without a text layer
+            ("no text layer (scanned PDF?)"); or no text is left after extraction.
     """
     extension = _extension(key)
     if extension not in SUPPORTED_EXTENSIONS:
@@ -116,9 +144,17 @@ def decode_document(
             f"unsupported file type ({shown}); supported extensions are "
             f"{', '.join(SUPPORTED_EXTENSIONS)}",
         )
-    text = decode_text(key, data, max_bytes=max_bytes)
+    if extension in (".pdf", ".docx"):
+        _check_size(key, data, max_bytes)
+        read = pdf_text if extension == ".pdf" else docx_text
+        decoded = Decoded(read(key, data), extension[1:])
+    else:
+        decoded = read_text(key, data, max_bytes=max_bytes)
+    text = decoded.text
 
-    if extension in _HTML_EXTENSIONS:
+    if extension == ".md":
+        text = strip_front_matter(text)
+    elif extension in _HTML_EXTENSIONS:
         text = html_to_text(text)
     elif extension == ".json":
         text = _join_records(_json_records(key, text, json_fields))
@@ -137,15 +173,27 @@ def decode_document(
         elif extension in _HTML_EXTENSIONS:
             hint = " (no visible text outside scripts, styles and the head)"
         raise InvalidDocumentError(key, f"the file contains no text to embed{hint}")
-    return text
+    return Decoded(text, decoded.encoding)
 
 
 def decode_text(key: str, data: bytes, *, max_bytes: int | None = None) -> str:
-    """``data`` as text, after the checks every format shares (not normalised).
+    """``read_text(...).text``: ``data`` as text (not normalised)."""
+    return read_text(key, data, max_bytes=max_bytes).text
+
+
+def read_text(key: str, data: bytes, *, max_bytes: int | None = None) -> Decoded:
+    """``data`` as text, after the checks every text format shares (not normalised), and
+    its encoding (``formats.decode_charset``).
 
     Raises:
-        InvalidDocumentError: empty, over ``max_bytes`` bytes, binary, or not valid UTF-8.
+        InvalidDocumentError: empty, over ``max_bytes`` bytes, binary, or in no known text
+            encoding.
     """
+    _check_size(key, data, max_bytes)
+    return decode_charset(key, data)
+
+
+def _check_size(key: str, data: bytes, max_bytes: int | None) -> None:
     if not data:
         raise InvalidDocumentError(key, "the file is empty (0 bytes)")
     if max_bytes is not None and len(data) > max_bytes:
@@ -154,7 +202,6 @@ def decode_text(key: str, data: bytes, *, max_bytes: int | None = None) -> str:
             f"the file is {len(data):,} bytes, over the {max_bytes:,}-byte limit "
             "(MAX_DOCUMENT_BYTES)",
         )
-    return _decode_utf8(key, data)
 
 
 #: NUL and lone surrogates: PostgreSQL rejects both in ``text`` (and UTF-8 has no encoding
@@ -238,38 +285,6 @@ def _extension(key: str) -> str:
     name = key.rsplit("/", 1)[-1].lower()
     dot = name.rfind(".")
     return name[dot:] if dot > 0 else ""
-
-
-def _decode_utf8(key: str, data: bytes) -> str:
-    """``data`` as text; binary and non-UTF-8 content is refused before decoding."""
-    offset = 0
-    if data.startswith(_UTF8_BOM):
-        data, offset = data[len(_UTF8_BOM) :], len(_UTF8_BOM)
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise InvalidDocumentError(
-            key, "looks binary: it starts with a UTF-16 byte order mark; save it as UTF-8"
-        )
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise InvalidDocumentError(
-            key, f"looks binary: it contains NUL bytes (the first at byte offset {nul + offset})"
-        )
-    controls = len(data) - len(data.translate(None, _CONTROL_BYTES))
-    if data and controls > CONTROL_BYTE_RATIO * len(data):
-        raise InvalidDocumentError(
-            key,
-            f"looks binary: {controls:,} of its {len(data):,} bytes "
-            f"({controls / len(data):.0%}) are control characters",
-        )
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        bad = data[exc.start : min(exc.end, exc.start + 4)].hex(" ")
-        raise InvalidDocumentError(
-            key,
-            f"is not valid UTF-8: {exc.reason} at byte offset {exc.start + offset} "
-            f"(bytes {bad}); only UTF-8 text is supported",
-        ) from None
 
 
 def _join_records(records: Iterator[str]) -> str:

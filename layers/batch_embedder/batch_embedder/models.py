@@ -13,7 +13,7 @@ CheckCache -> BudgetCheck -> ``BudgetDecision`` (= ``ReservedJob`` once reserved
 (EmbedSync for urgent documents) -> BuildAndUploadJsonl -> ``UploadedJob`` -> CreateBatch
 -> ``SubmittedJob`` -> WaitForBatches (a task token, finished by the webhook or the
 reconciler) -> FetchAndWrite -> ``WrittenJob`` -> RecordCost -> ``JobSummary``. Any
-failure -> RecordFailure (``FailureInput``) -> ``FailureOutcome``.
+failure -> RecordFailure (``failure_models.FailureInput``) -> ``FailureOutcome``.
 """
 
 from __future__ import annotations
@@ -324,6 +324,7 @@ class DocumentResult(Contract):
     cost_usd: float = Field(default=0.0, description="its share of the OpenAI cost, by tokens")
     aws_cost_usd: float = Field(default=0.0, description="its share of the AWS cost (equal)")
     naive_cost_usd: float = Field(default=0.0, description="its chunks at the standard price")
+    encoding: str | None = Field(default=None, description="utf-8, cp1252, utf-16, pdf, docx, ...")
 
 
 class JobSummary(Contract):
@@ -362,53 +363,3 @@ class JobSummary(Contract):
         default_factory=list, description="per document, as many as fit in 100 KB"
     )
     results_file: str = Field(default="", description="s3:// URI of every document's result")
-
-
-class CaughtError(Contract):
-    """What a Step Functions ``Catch`` puts at ``ResultPath``."""
-
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    error: str = Field(alias="Error")
-    cause: str = Field(default="", alias="Cause")
-
-
-class FailureInput(Metered):
-    """Input of RecordFailure: whatever the failed state had, plus the caught error.
-
-    Reached from every ``Catch`` (``error`` set) and from the batch-outcome Choice when a
-    batch ended ``failed`` / ``expired`` / ``cancelled`` (``outcome`` set).
-    """
-
-    job_id: str
-    uploads: list[Upload] | int | None = None
-    source: str | None = None
-    model: str | None = None
-    batch_files: list[BatchFile] | None = None
-    batches: list[BatchRef] | None = None
-    outcome: BatchesOutcome | None = None
-    sync_outputs: list[SyncOutput] = Field(default_factory=list)
-    error: CaughtError | None = None
-
-
-FailedState = Literal[
-    "InvalidDocument",
-    "BudgetExceeded",
-    "BatchFailed",
-    "BatchExpired",
-    "BatchCancelled",
-    "EmbeddingsIncomplete",
-    "ProviderAuthFailed",
-    "PipelineError",
-]
-
-
-class FailureOutcome(Contract):
-    """Output of RecordFailure: the Fail state to end in, and why."""
-
-    job_id: str
-    failed_state: FailedState
-    error: str
-    cause: str
-    released_tokens: int = Field(ge=0)
-    billed_tokens: int = Field(ge=0, description="tokens billed anyway (an expired batch's part)")

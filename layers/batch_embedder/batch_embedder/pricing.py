@@ -1,17 +1,19 @@
 """Embedding prices: the one table every cost figure in the project comes from.
 
-USD per 1,000,000 input tokens, from OpenAI's pricing page as summarised in
-``../shared/reference/openai-batch-api.md`` (Batch API = 50% of the standard price).
-Override or extend with the ``PRICE_OVERRIDES`` environment variable, a JSON object
-``{"model": {"standard": 0.02, "batch": 0.01}}``.
+USD per 1,000,000 input tokens, from OpenAI's pricing page
+(https://openai.com/api/pricing/; the Batch API costs 50% of the standard price:
+https://platform.openai.com/docs/guides/batch). Override or extend with the
+``PRICE_OVERRIDES`` environment variable (``PriceOverrides`` parameter):
+``model=standard:batch,...`` or the JSON ``{"model": {"standard": 0.02, "batch": 0.01}}``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+
+from .settings import parse_price_overrides
 
 ONE_MILLION = Decimal(1_000_000)
 
@@ -37,14 +39,10 @@ def price_for(model: str) -> Price:
     Raises:
         KeyError: the model is in neither the table nor the overrides.
     """
-    raw = os.environ.get("PRICE_OVERRIDES", "").strip()
-    if raw:
-        overrides = json.loads(raw)
-        if model in overrides:
-            entry = overrides[model]
-            return Price(
-                standard=Decimal(str(entry["standard"])), batch=Decimal(str(entry["batch"]))
-            )
+    overrides = parse_price_overrides(os.environ.get("PRICE_OVERRIDES", ""))
+    if model in overrides:
+        standard, batch = overrides[model]
+        return Price(standard=standard, batch=batch)
     try:
         return PRICES[model]
     except KeyError:

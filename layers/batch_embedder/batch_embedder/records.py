@@ -145,6 +145,9 @@ class DocumentOutcome(Record):
     urgent: bool = False
     object_key: str = Field(default="", description="the S3 key ('' = key)")
     sequencer: str = Field(default="", description="the S3 event's sequencer, zero-padded")
+    encoding: str | None = Field(
+        default=None, description="how its text was read: utf-8, cp1252, utf-16, pdf, docx, ..."
+    )
 
 
 class LedgerRecord(Record):

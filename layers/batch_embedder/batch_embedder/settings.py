@@ -7,10 +7,12 @@ them from the same template with local overrides.
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Hard per-input cap of the embeddings endpoint is 8,192 tokens; 8,191 is the safe figure
 #: (OpenAI embeddings guide; see ../shared/reference/openai-batch-api.md).
@@ -55,9 +57,11 @@ class Settings(BaseSettings):
     # Budgets (tokens per UTC day)
     #: Limit of each model's daily counter (all jobs of that model together).
     daily_token_limit: int = Field(default=50_000_000, ge=0)
-    #: Extra limits per S3 key prefix (a project/tenant), JSON: ``{"tenant-a/": 1000000}``.
-    #: A job under a prefix is charged to the prefix's counter too.
-    prefix_token_limits: dict[str, int] = Field(default_factory=dict)
+    #: Extra limits per S3 key prefix (a project/tenant), a comma list
+    #: ``tenant-a/=1000000,tenant-b/=500`` (the JSON object ``{"tenant-a/": 1000000}`` of
+    #: older deployments is accepted too). A job under a prefix is charged to the prefix's
+    #: counter too.
+    prefix_token_limits: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
     #: What an over-budget job does: end in BudgetExceeded, or wait for the next UTC day.
     budget_exceeded_action: Literal["fail", "wait"] = "fail"
     #: Seconds a reservation may stay held before the sweep releases it (crashed runs);
@@ -116,6 +120,10 @@ class Settings(BaseSettings):
     openai_webhook_secret: SecretStr | None = None
     openai_webhook_secret_secret_id: str = ""
     openai_timeout_seconds: float = Field(default=120.0, gt=0)
+    #: Prices per 1M tokens overriding or extending ``pricing.PRICES``, a comma list
+    #: ``model=standard:batch`` (or the JSON ``{"model": {"standard": s, "batch": b}}``);
+    #: checked here, applied by :func:`batch_embedder.pricing.price_for`.
+    price_overrides: str = ""
 
     # Postgres: a URL straight from the environment or a Secrets Manager secret.
     database_url: SecretStr | None = None
@@ -123,6 +131,19 @@ class Settings(BaseSettings):
 
     #: Seconds a fetched secret is cached by Powertools Parameters.
     secret_max_age_seconds: int = Field(default=300, ge=0)
+
+    @field_validator("prefix_token_limits", mode="before")
+    @classmethod
+    def _parse_prefix_limits(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_prefix_token_limits(value)
+        return value
+
+    @field_validator("price_overrides")
+    @classmethod
+    def _check_price_overrides(cls, value: str) -> str:
+        parse_price_overrides(value)
+        return value
 
     @field_validator("openai_base_url")
     @classmethod
@@ -171,6 +192,106 @@ class Settings(BaseSettings):
     def csv_columns(self) -> list[str]:
         """``CSV_TEXT_COLUMNS`` as a list."""
         return [c.strip() for c in self.csv_text_columns.split(",") if c.strip()]
+
+
+def _comma_items(raw: str) -> list[tuple[str, str]]:
+    """``a=1,b=2`` as ``[("a", "1"), ("b", "2")]``; an item without ``=`` is an error."""
+    items = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.rpartition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(f"item {item!r} is not name=value")
+        items.append((name.strip(), value.strip()))
+    return items
+
+
+def parse_prefix_token_limits(raw: str) -> dict[str, int]:
+    """``PREFIX_TOKEN_LIMITS``: ``tenant-a/=1000000,tenant-b/=500`` or the JSON object form.
+
+    Raises:
+        ValueError: an item is not ``prefix=tokens`` with a whole number >= 0 (the message
+            names the item).
+    """
+    text = raw.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"PREFIX_TOKEN_LIMITS is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError("PREFIX_TOKEN_LIMITS JSON must be an object")
+        pairs = [(str(k), str(v)) for k, v in data.items()]
+    else:
+        try:
+            pairs = _comma_items(text)
+        except ValueError as exc:
+            raise ValueError(f"PREFIX_TOKEN_LIMITS: {exc} (want prefix=tokens)") from None
+    limits: dict[str, int] = {}
+    for prefix, value in pairs:
+        try:
+            tokens = int(value)
+        except ValueError:
+            tokens = -1
+        if tokens < 0:
+            raise ValueError(
+                f"PREFIX_TOKEN_LIMITS: item {prefix}={value}: the limit must be a whole "
+                "number of tokens >= 0"
+            )
+        limits[prefix] = tokens
+    return limits
+
+
+def parse_price_overrides(raw: str) -> dict[str, tuple[Decimal, Decimal]]:
+    """``PRICE_OVERRIDES``: ``model=standard:batch,...`` (USD per 1M tokens) or the JSON
+    ``{"model": {"standard": 0.02, "batch": 0.01}}``; returns ``{model: (standard, batch)}``.
+
+    Raises:
+        ValueError: an item is malformed or a price is not a number >= 0 (the message names
+            the item).
+    """
+    text = raw.strip()
+    if not text:
+        return {}
+    pairs: list[tuple[str, Any, Any]] = []
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"PRICE_OVERRIDES is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError("PRICE_OVERRIDES JSON must be an object")
+        for model, entry in data.items():
+            if not isinstance(entry, dict) or not {"standard", "batch"} <= set(entry):
+                raise ValueError(f"PRICE_OVERRIDES: item {model!r} needs standard and batch prices")
+            pairs.append((str(model), entry["standard"], entry["batch"]))
+    else:
+        try:
+            items = _comma_items(text)
+        except ValueError as exc:
+            raise ValueError(f"PRICE_OVERRIDES: {exc} (want model=standard:batch)") from None
+        for model, value in items:
+            standard, sep, batch = value.partition(":")
+            if not sep:
+                raise ValueError(
+                    f"PRICE_OVERRIDES: item {model}={value} is not model=standard:batch"
+                )
+            pairs.append((model, standard, batch))
+    prices: dict[str, tuple[Decimal, Decimal]] = {}
+    for model, standard, batch in pairs:
+        try:
+            pair = (Decimal(str(standard).strip()), Decimal(str(batch).strip()))
+        except InvalidOperation:
+            pair = (Decimal(-1), Decimal(-1))
+        if not all(p.is_finite() and p >= 0 for p in pair):
+            raise ValueError(
+                f"PRICE_OVERRIDES: item {model}={standard}:{batch}: prices must be numbers >= 0"
+            )
+        prices[model] = pair
+    return prices
 
 
 def request_dimensions(model: str, dimensions: int) -> int | None:

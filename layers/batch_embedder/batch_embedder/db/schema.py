@@ -210,14 +210,22 @@ def uses_halfvec(conn: psycopg.Connection[tuple[object, ...]], dimensions: int) 
     return dimensions > HNSW_MAX_VECTOR_DIMENSIONS and _pgvector_version(conn) >= (0, 7)
 
 
+#: (database, model, dimensions) whose index this process has already ensured: the DDL
+#: runs once per process and model, not on every write.
+_indexed: set[tuple[str, str, int]] = set()
+
+
 def ensure_vector_index(
     conn: psycopg.Connection[tuple[object, ...]], model: str, dimensions: int
 ) -> bool:
-    """Create the HNSW cosine index of (model, dimensions) if missing.
+    """Create the HNSW cosine index of (model, dimensions) if missing (once per process).
 
     Returns:
         True if an index exists afterwards; False above 2,000 dimensions without halfvec.
     """
+    seen = (f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}", model, dimensions)
+    if seen in _indexed:
+        return True
     halfvec = uses_halfvec(conn, dimensions)
     if dimensions > HNSW_MAX_VECTOR_DIMENSIONS and not halfvec:
         logger.warning(
@@ -241,4 +249,5 @@ def ensure_vector_index(
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('batch_embedder.index'))")
         conn.execute(ddl)
+    _indexed.add(seen)
     return True

@@ -27,7 +27,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from .. import pricing
 from ..aws import metering, s3
 from ..chunking import chunk_text
-from ..documents import decode_document, decode_text, normalize_text
+from ..documents import Decoded, extract_document, normalize_text, read_text
 from ..errors import InvalidDocumentError
 from ..metrics import emit
 from ..models import ChunkedJob, CostEstimate, GroupRequest, S3Location, Upload
@@ -56,6 +56,7 @@ class Doc:
     urgent: bool
     object_key: str = ""
     sequencer: str = ""
+    encoding: str | None = None  # how the text was read (documents.Decoded.encoding)
 
 
 @dataclass
@@ -94,7 +95,8 @@ def _bundle_docs(key: str, data: bytes, version: str | None, urgent: bool, seque
                  settings: Settings, out: _Outcomes) -> Iterator[Doc]:  # fmt: skip
     fields = settings.json_fields()
     seen: set[str] = set()
-    for number, line in enumerate(decode_text(key, data).split("\n"), start=1):
+    decoded = read_text(key, data)
+    for number, line in enumerate(decoded.text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -113,11 +115,11 @@ def _bundle_docs(key: str, data: bytes, version: str | None, urgent: bool, seque
         if not body:
             out.reject(f"{key}#{doc_id}", f"no text in the fields {', '.join(fields)}")
             continue
-        yield Doc(f"{key}#{doc_id}", version, body, urgent, key, sequencer)
+        yield Doc(f"{key}#{doc_id}", version, body, urgent, key, sequencer, decoded.encoding)
 
 
-def _decode(key: str, data: bytes, settings: Settings) -> str:
-    return decode_document(
+def _decode(key: str, data: bytes, settings: Settings) -> Decoded:
+    return extract_document(
         key,
         data,
         json_fields=settings.json_fields(),
@@ -142,7 +144,8 @@ def _prefix_docs(bucket: str, manifest: str, data: bytes, urgent: bool,
     def read(key: str) -> Doc | tuple[str, str]:
         try:
             body, etag = s3.read_document(bucket, key, None, max_bytes=settings.max_document_bytes)
-            return Doc(key, etag, _decode(key, body, settings), urgent)
+            decoded = _decode(key, body, settings)
+            return Doc(key, etag, decoded.text, urgent, encoding=decoded.encoding)
         except InvalidDocumentError as exc:
             return key, exc.reason
 
@@ -197,8 +200,9 @@ def _documents(creates: list[Upload], settings: Settings, out: _Outcomes) -> Ite
                 yield from _prefix_docs(upload.bucket, upload.key, data, urgent, settings, out)
             else:
                 try:
-                    text = _decode(upload.key, data, settings)
-                    yield Doc(upload.key, version, text, urgent, upload.key, sequencer)
+                    decoded = _decode(upload.key, data, settings)
+                    yield Doc(upload.key, version, decoded.text, urgent, upload.key, sequencer,
+                              decoded.encoding)  # fmt: skip
                 except InvalidDocumentError as exc:
                     out.reject(upload.key, exc.reason)
 
@@ -266,7 +270,7 @@ def chunk_and_estimate(request: GroupRequest, settings: Settings) -> ChunkedJob:
                 DocumentOutcome(key=doc.key, version=doc.version, status="accepted",
                                 chunks=len(chunks), tokens=tokens, prefix=prefix,
                                 urgent=doc.urgent, object_key=doc.object_key or doc.key,
-                                sequencer=doc.sequencer)
+                                sequencer=doc.sequencer, encoding=doc.encoding)
             )  # fmt: skip
             counts["documents"] += 1
             counts["urgent"] += int(doc.urgent)

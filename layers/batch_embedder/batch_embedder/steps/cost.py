@@ -78,11 +78,14 @@ def _results(job: WrittenJob) -> list[DocumentResult]:
             results.append(DocumentResult(key=o.key, status="superseded", reason=newer))
         elif o.status == "accepted" and o.prefix in excluded:
             reason = f"prefix {o.prefix} is over its daily token budget (PrefixTokenLimits)"
-            results.append(DocumentResult(key=o.key, status="over_budget", reason=reason))
+            results.append(
+                DocumentResult(key=o.key, status="over_budget", reason=reason, encoding=o.encoding)
+            )
         elif o.status == "accepted":
             results.append(
-                DocumentResult(key=o.key, status="embedded", chunks=o.chunks, tokens=o.tokens)
-            )
+                DocumentResult(key=o.key, status="embedded", chunks=o.chunks, tokens=o.tokens,
+                               encoding=o.encoding)
+            )  # fmt: skip
         else:
             results.append(DocumentResult(key=o.key, status=o.status, reason=o.reason))
     return results

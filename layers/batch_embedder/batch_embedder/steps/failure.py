@@ -19,8 +19,8 @@ from .. import pricing
 from ..aws import budget, jobs, metering
 from ..aws.registry import BatchRegistry
 from ..db.content import Billed
+from ..failure_models import FailedState, FailureInput, FailureOutcome
 from ..metrics import emit
-from ..models import FailedState, FailureInput, FailureOutcome
 from ..records import LedgerRecord, usd
 from ..settings import Settings
 from .batch import release_queue

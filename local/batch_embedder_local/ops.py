@@ -1,0 +1,452 @@
+"""Day-2 operations, the same against the local stack and a deployed one.
+
+Every function takes resolved resource names (:class:`Resources`), so the CLI, tests and
+scripts call them alike: :func:`resources_from_stack` reads them from a CloudFormation
+stack (``describe_stack_resources``), :func:`resources_from_local` from a running
+:class:`~batch_embedder_local.stack.LocalStack`.
+
+- :func:`status`: upload queue and DLQ depth, batches in flight (the registry's
+  ``OpenBatches`` index), executions by status (``ListExecutions``), today's budget counter
+  of the model; without Step Functions (``state_machine_arn=None``: the local stack's state
+  machine is in-memory), finished jobs by status from the jobs table instead;
+- :func:`list_jobs`: failed or running executions with their keys, failed state and cause
+  (from the job's item, which RecordFailure writes; else from the execution);
+- :func:`retry`: a new execution ``<job>-retry-<n>`` with the failed one's input;
+- :func:`search_stack`: the nearest chunks, with the stack's database and OpenAI key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from batch_embedder.aws import jobs as job_items
+from batch_embedder.aws.budget import get_counter, utc_day
+from batch_embedder.aws.registry import BatchRegistry
+
+#: Execution statuses, in the order they are shown.
+STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")
+#: ``-retry-<n>`` at the end of a retry's name.
+RETRY_SUFFIX = re.compile(r"-retry-\d+$")
+
+
+class OpsError(Exception):
+    """A problem the user can fix (no such job, a job that did not fail, ...)."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """The names a day-2 command needs. ``state_machine_arn`` None: no Step Functions to
+    ask (the local stack offline); queue URLs None: not shown."""
+
+    jobs_table: str
+    usage_table: str
+    model: str
+    state_machine_arn: str | None = None
+    upload_queue_url: str | None = None
+    dead_letter_queue_url: str | None = None
+    documents_bucket: str | None = None
+    database_url_secret: str | None = None
+    openai_key_secret: str | None = None
+    openai_base_url: str = ""
+    dimensions: int = 0
+
+
+#: template.yaml logical ids -> :class:`Resources` fields.
+LOGICAL_IDS = {
+    "JobsTable": "jobs_table",
+    "UsageTable": "usage_table",
+    "EmbedUploadsStateMachine": "state_machine_arn",
+    "UploadQueue": "upload_queue_url",
+    "UploadDeadLetterQueue": "dead_letter_queue_url",
+    "DocumentsBucket": "documents_bucket",
+    "DatabaseUrlSecret": "database_url_secret",
+    "OpenAIApiKeySecret": "openai_key_secret",
+}
+
+
+def resources_from_stack(stack_name: str) -> Resources:
+    """Resolve the names of a deployed stack (default boto3 session).
+
+    Physical ids from ``describe_stack_resources`` (tables: names; queues: URLs; the state
+    machine and secrets: ARNs); model, dimensions and OpenAI base URL from its parameters.
+
+    Raises:
+        OpsError: the stack lacks one of the tables.
+    """
+    cfn = boto3.client("cloudformation")
+    found: dict[str, Any] = {}
+    for res in cfn.describe_stack_resources(StackName=stack_name)["StackResources"]:
+        field = LOGICAL_IDS.get(res["LogicalResourceId"])
+        if field and res.get("PhysicalResourceId"):
+            found[field] = res["PhysicalResourceId"]
+    missing = [f for f in ("jobs_table", "usage_table") if f not in found]
+    if missing:
+        raise OpsError(f"stack {stack_name!r} has no {', '.join(missing)}")
+    stack = cfn.describe_stacks(StackName=stack_name)["Stacks"][0]
+    params = {p["ParameterKey"]: p.get("ParameterValue", "") for p in stack.get("Parameters", [])}
+    return Resources(
+        model=params.get("EmbeddingModel") or "text-embedding-3-small",
+        dimensions=int(params.get("EmbeddingDimensions") or 0),
+        openai_base_url=params.get("OpenAIBaseUrl", ""),
+        **found,
+    )
+
+
+def resources_from_local(stack: Any, *, live: bool = True) -> Resources:
+    """The names of a running local stack. ``live=False`` for a stack opened only to read
+    the persisted tables: its Step Functions and SQS (moto, in memory) know nothing of
+    earlier runs, so no state machine and no queues are named."""
+    refs: dict[str, str] = stack.refs
+    return Resources(
+        model=str(stack.parameters["EmbeddingModel"]),
+        dimensions=int(stack.parameters.get("EmbeddingDimensions") or 0),
+        openai_base_url=stack.emulator.base_url if stack.emulator is not None else "",
+        **{
+            field: refs[logical]
+            for logical, field in LOGICAL_IDS.items()
+            if logical in refs
+            and (
+                live
+                or field not in ("state_machine_arn", "upload_queue_url", "dead_letter_queue_url")
+            )
+        },
+    )
+
+
+# -- status -------------------------------------------------------------------------
+
+
+def _queue_depth(url: str) -> dict[str, Any]:
+    attrs = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return {
+        "queue": url.rsplit("/", 1)[-1],
+        "visible": int(attrs.get("ApproximateNumberOfMessages", 0)),
+        "in_flight": int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+    }
+
+
+def _count_executions(arn: str) -> dict[str, int]:
+    sfn = boto3.client("stepfunctions")
+    counts: dict[str, int] = {}
+    for status_ in STATUSES:
+        kwargs: dict[str, Any] = {"stateMachineArn": arn, "statusFilter": status_}
+        total = 0
+        while True:
+            page = sfn.list_executions(**kwargs)
+            total += len(page["executions"])
+            if not page.get("nextToken"):
+                break
+            kwargs["nextToken"] = page["nextToken"]
+        counts[status_] = total
+    return counts
+
+
+def _job_items(jobs_table: str) -> list[dict[str, Any]]:
+    """The jobs' own items (not batches, webhooks): a scan, for the local stack only."""
+    from batch_embedder.aws.dynamodb import ddb
+
+    items: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"TableName": jobs_table}
+    while True:
+        page = ddb().scan(**kwargs)
+        items.extend(
+            i
+            for i in page.get("Items", [])
+            if "#" not in str(i["job_id"]) and ("status" in i or "reservation_state" in i)
+        )
+        if "LastEvaluatedKey" not in page:
+            return items
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def status(res: Resources, *, day: str | None = None, scan_jobs: bool = False) -> dict[str, Any]:
+    """What is going on: queues, batches in flight, executions, today's budget.
+
+    ``executions`` is None without a state machine to ask; ``jobs`` (finished jobs by the
+    status their item records) only with ``scan_jobs`` (a table scan: local stack).
+    """
+    day = day or utc_day()
+    queues = [_queue_depth(u) for u in (res.upload_queue_url, res.dead_letter_queue_url) if u]
+    batches = BatchRegistry(res.jobs_table).open_batches()
+    counter = get_counter(res.usage_table, day, f"model:{res.model}")
+    out: dict[str, Any] = {
+        "queues": queues,
+        "open_batches": [
+            {"batch_id": b.batch_id, "job_id": b.owner, "status": b.status, "model": b.model}
+            for b in sorted(batches, key=lambda b: b.batch_id)
+        ],
+        "executions": _count_executions(res.state_machine_arn) if res.state_machine_arn else None,
+        "budget": {"day": day, "scope": f"model:{res.model}", **counter},
+    }
+    if scan_jobs:
+        counts = Counter(str(i.get("status", "RUNNING?")) for i in _job_items(res.jobs_table))
+        out["jobs"] = dict(sorted(counts.items()))
+    return out
+
+
+# -- jobs ---------------------------------------------------------------------------
+
+
+@dataclass
+class JobInfo:
+    """One job as ``jobs`` lists it."""
+
+    job_id: str
+    status: str
+    started: str = ""
+    stopped: str = ""
+    keys: list[str] | None = None
+    failed_state: str = ""
+    cause: str = ""
+    execution_arn: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _when(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, int | float | Decimal):
+        return datetime.fromtimestamp(float(value), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(value or "")
+
+
+def _keys(execution_input: str) -> list[str]:
+    try:
+        uploads = json.loads(execution_input or "[]")
+    except ValueError:
+        return []
+    if isinstance(uploads, dict):
+        uploads = uploads.get("uploads", [])
+    return [str(u.get("key")) for u in uploads if isinstance(u, dict) and u.get("key")]
+
+
+def _failed_state_from_history(sfn: Any, arn: str) -> str:
+    page = sfn.get_execution_history(executionArn=arn, reverseOrder=True, maxResults=50)
+    for event in page["events"]:
+        if event["type"] == "FailStateEntered":
+            return str(event["stateEnteredEventDetails"]["name"])
+    return ""
+
+
+def list_jobs(res: Resources, which: str = "failed", *, limit: int = 20) -> list[JobInfo]:
+    """The newest ``limit`` failed (``which="failed"``) or running jobs.
+
+    With a state machine: its executions (``ListExecutions``), their keys from the input,
+    failed state and cause from the job's item (RecordFailure's) or else the execution.
+    Without (local stack offline): only failed jobs, from the jobs table (a scan).
+    """
+    if which not in ("failed", "running"):
+        raise OpsError(f"which must be failed or running, not {which!r}")
+    if res.state_machine_arn is None:
+        if which == "running":
+            raise OpsError(
+                "running executions are only known while the stack runs (moto keeps Step "
+                "Functions in memory); the jobs table records jobs when they finish"
+            )
+        return _failed_from_table(res, limit)
+    sfn = boto3.client("stepfunctions")
+    found: list[JobInfo] = []
+    kwargs: dict[str, Any] = {
+        "stateMachineArn": res.state_machine_arn,
+        "statusFilter": which.upper(),
+        "maxResults": min(max(limit, 1), 1000),
+    }
+    while len(found) < limit:
+        page = sfn.list_executions(**kwargs)
+        for ex in page["executions"]:
+            desc = sfn.describe_execution(executionArn=ex["executionArn"])
+            info = JobInfo(
+                job_id=ex["name"],
+                status=ex["status"],
+                started=_when(ex.get("startDate")),
+                stopped=_when(ex.get("stopDate")),
+                keys=_keys(desc.get("input", "")),
+                execution_arn=ex["executionArn"],
+            )
+            if which == "failed":
+                item = job_items.get_job(res.jobs_table, ex["name"])
+                info.failed_state = str(item.get("failed_state", "")) or (
+                    _failed_state_from_history(sfn, ex["executionArn"])
+                )
+                info.cause = str(item.get("cause", "") or desc.get("cause", ""))
+            found.append(info)
+        if not page.get("nextToken"):
+            break
+        kwargs["nextToken"] = page["nextToken"]
+    return found[:limit]
+
+
+def _failed_from_table(res: Resources, limit: int) -> list[JobInfo]:
+    items = [i for i in _job_items(res.jobs_table) if i.get("status") == "FAILED"]
+    items.sort(key=lambda i: -float(i.get("finished_at", 0)))
+    return [
+        JobInfo(
+            job_id=str(i["job_id"]),
+            status="FAILED",
+            stopped=_when(i.get("finished_at")),
+            keys=[str(i["source_key"])] if i.get("source_key") else [],
+            failed_state=str(i.get("failed_state", "")),
+            cause=str(i.get("cause", "")),
+        )
+        for i in items[:limit]
+    ]
+
+
+# -- retry --------------------------------------------------------------------------
+
+
+def execution_arn(state_machine_arn: str, name: str) -> str:
+    """The ARN of execution ``name`` of a standard state machine."""
+    return state_machine_arn.replace(":stateMachine:", ":execution:", 1) + ":" + name
+
+
+def _exists(sfn: Any, arn: str) -> bool:
+    try:
+        sfn.describe_execution(executionArn=arn)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ExecutionDoesNotExist":
+            return False
+        raise
+    return True
+
+
+def _latest(uploads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each created upload pointed at its object's current version (after a fix)."""
+    s3 = boto3.client("s3")
+    fresh: list[dict[str, Any]] = []
+    for upload in uploads:
+        if upload.get("event") == "Object Created":
+            head = s3.head_object(Bucket=upload["bucket"], Key=upload["key"])
+            upload = {
+                **upload,
+                "etag": str(head["ETag"]).strip('"'),
+                "size": str(head["ContentLength"]),
+            }
+            version = head.get("VersionId")
+            if version and version != "null":
+                upload["version_id"] = version
+        fresh.append(upload)
+    return fresh
+
+
+def retry(res: Resources, job_id: str, *, latest: bool = False) -> dict[str, str]:
+    """Start ``<job>-retry-<n>`` (the first free n) with the input of execution ``job_id``.
+
+    A new execution, not RedriveExecution: the workflow's job id is the execution name, so
+    the retry reserves, bills and records as a job of its own. ``latest``: read each
+    uploaded object's current version (the input names the version that failed).
+
+    Raises:
+        OpsError: no state machine, no such execution, or it is still running.
+    """
+    if res.state_machine_arn is None:
+        raise OpsError("retry needs Step Functions: run it while the stack runs")
+    sfn = boto3.client("stepfunctions")
+    old = execution_arn(res.state_machine_arn, job_id)
+    try:
+        desc = sfn.describe_execution(executionArn=old)
+    except ClientError as exc:
+        raise OpsError(f"no execution {job_id!r}: {exc}") from None
+    if desc["status"] == "RUNNING":
+        raise OpsError(f"{job_id} is still running")
+    uploads = json.loads(desc.get("input") or "[]")
+    if latest:
+        uploads = _latest(uploads)
+    base = RETRY_SUFFIX.sub("", job_id)
+    n = 1
+    while _exists(sfn, execution_arn(res.state_machine_arn, f"{base}-retry-{n}")):
+        n += 1
+    name = f"{base}-retry-{n}"
+    started = sfn.start_execution(
+        stateMachineArn=res.state_machine_arn, name=name, input=json.dumps(uploads)
+    )
+    return {"job_id": job_id, "retry": name, "execution_arn": str(started["executionArn"])}
+
+
+# -- search against a deployed stack --------------------------------------------------
+
+
+def search_stack(res: Resources, query: str, *, k: int = 5) -> list[Any]:
+    """The ``k`` chunks nearest to ``query``: the database URL and OpenAI key from the
+    stack's secrets, model and dimensions from its parameters (as the functions embed)."""
+    import openai
+
+    from batch_embedder.db.connection import connect
+    from batch_embedder.db.vectors import search
+    from batch_embedder.settings import Settings
+
+    from .search import _embed
+
+    if not res.database_url_secret or not res.openai_key_secret:
+        raise OpsError("the stack has no DatabaseUrlSecret / OpenAIApiKeySecret")
+    sm = boto3.client("secretsmanager")
+    url = sm.get_secret_value(SecretId=res.database_url_secret)["SecretString"]
+    key = sm.get_secret_value(SecretId=res.openai_key_secret)["SecretString"]
+    settings = Settings(embedding_model=res.model, embedding_dimensions=res.dimensions)
+    client = openai.OpenAI(api_key=key, base_url=res.openai_base_url or None)
+    vector = _embed(client, query, settings)
+    with connect(url) as conn:
+        hits: list[Any] = search(
+            conn, vector, model=settings.embedding_model, dimensions=settings.dimensions, k=k
+        )
+        return hits
+
+
+# -- rendering ----------------------------------------------------------------------
+
+
+def render_status(data: dict[str, Any]) -> str:
+    """``status`` as text."""
+    lines = ["queues"]
+    for q in data["queues"]:
+        lines.append(f"  {q['queue']:<48} {q['visible']:>7} waiting {q['in_flight']:>7} in flight")
+    if not data["queues"]:
+        lines.append("  unknown offline (the local queues live only while the stack runs)")
+    batches = data["open_batches"]
+    lines.append(f"batches in flight: {len(batches)}")
+    for b in batches[:20]:
+        lines.append(f"  {b['batch_id']:<40} {b['status']:<12} job {b['job_id']}")
+    if len(batches) > 20:
+        lines.append(f"  ... {len(batches) - 20} more")
+    if data["executions"] is None:
+        lines.append("executions: unknown offline (Step Functions is in memory; see `jobs`)")
+    else:
+        shown = ", ".join(f"{s} {n}" for s, n in data["executions"].items())
+        lines.append(f"executions: {shown}")
+    if "jobs" in data:
+        shown = ", ".join(f"{s} {n}" for s, n in data["jobs"].items()) or "none"
+        lines.append(f"finished jobs (jobs table): {shown}")
+    b = data["budget"]
+    lines.append(
+        f"budget {b['scope']} {b['day']}: held {b['held_tokens']:,} tokens "
+        f"(reserved {b['reserved_tokens']:,}, committed {b['committed_tokens']:,})"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def render_jobs(found: list[JobInfo]) -> str:
+    """``jobs`` as text: one line a job, then its failed state and cause."""
+    if not found:
+        return "no jobs\n"
+    lines = []
+    for j in found:
+        keys = ", ".join((j.keys or [])[:3]) + (" ..." if len(j.keys or []) > 3 else "")
+        lines.append(f"{j.job_id:<40} {j.status:<9} {j.stopped or j.started:<20} {keys}")
+        if j.failed_state or j.cause:
+            cause = " ".join(j.cause.split())
+            lines.append(f"  -> {j.failed_state}: {cause[:300]}")
+    return "\n".join(lines) + "\n"
