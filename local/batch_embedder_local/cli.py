@@ -386,6 +386,18 @@ def cmd_stack_search(args: argparse.Namespace) -> int:
     return _ops_call(run)
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """``migrate --stack-name NAME``: apply the schema migrations to the stack's database."""
+    from . import ops
+
+    def run() -> int:
+        version = ops.migrate_stack(ops.resources_from_stack(args.stack_name))
+        print(f"schema at version {version}")
+        return 0
+
+    return _ops_call(run)
+
+
 def _add_day2(sub: Any, *, deployed: bool, func: Any) -> None:
     """``status``, ``jobs`` and ``retry`` under ``sub`` (deployed: --stack-name required)."""
 
@@ -523,6 +535,11 @@ def build_parser() -> argparse.ArgumentParser:
     stack_search.add_argument("--json", action="store_true")
     stack_search.add_argument("--stack-name", required=True, help="the CloudFormation stack")
     stack_search.set_defaults(func=cmd_stack_search)
+    migrate = sub.add_parser(
+        "migrate", help="apply the schema migrations to a deployed stack's database"
+    )
+    migrate.add_argument("--stack-name", required=True, help="the CloudFormation stack")
+    migrate.set_defaults(func=cmd_migrate)
 
     server = lsub.add_parser("openai-server", help="run the OpenAI-compatible emulator")
     server.add_argument("--port", type=int, default=8787)

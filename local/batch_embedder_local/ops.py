@@ -380,6 +380,18 @@ def retry(res: Resources, job_id: str, *, latest: bool = False) -> dict[str, str
 # -- search against a deployed stack --------------------------------------------------
 
 
+def migrate_stack(res: Resources) -> int:
+    """Apply the pending schema migrations to the stack's database (what its
+    ``MigrateDatabase`` custom resource does on deploy); returns the schema version."""
+    from batch_embedder.db.connection import migrate_url
+
+    if not res.database_url_secret:
+        raise OpsError("the stack has no DatabaseUrlSecret")
+    sm = boto3.client("secretsmanager")
+    url = sm.get_secret_value(SecretId=res.database_url_secret)["SecretString"]
+    return migrate_url(url)
+
+
 def search_stack(res: Resources, query: str, *, k: int = 5) -> list[Any]:
     """The ``k`` chunks nearest to ``query``: the database URL and OpenAI key from the
     stack's secrets, model and dimensions from its parameters (as the functions embed)."""

@@ -30,13 +30,14 @@ _servers: dict[str, Any] = {}
 
 
 def local_database_url(home: Path) -> str:
-    """``DATABASE_URL`` if set, else the URL of pgserver running in ``home/pgdata``.
+    """``DATABASE_URL`` if set, else the URL of pgserver running in ``home/pgdata``; its
+    schema migrated (the local counterpart of the deploy's migration custom resource).
 
     Raises:
         LocalPostgresError: pgserver is not installable on this Python (3.13+).
     """
     if os.environ.get("DATABASE_URL"):
-        return os.environ["DATABASE_URL"]
+        return _migrated(os.environ["DATABASE_URL"])
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     try:
         import pgserver
@@ -59,4 +60,17 @@ def local_database_url(home: Path) -> str:
                 fh.write(LOCAL_POSTGRES_CONF)
         _servers[key] = pgserver.get_server(datadir, cleanup_mode="stop")  # type: ignore[attr-defined]
     uri: str = _servers[key].get_uri()
-    return uri
+    return _migrated(uri)
+
+
+_done: set[str] = set()
+
+
+def _migrated(url: str) -> str:
+    """``url``, its schema migrated once per process."""
+    if url not in _done:
+        from batch_embedder.db.connection import migrate_url
+
+        migrate_url(url)
+        _done.add(url)
+    return url

@@ -121,9 +121,10 @@ def test_database_resources_exist_only_with_create_database() -> None:
     assert migration["Layer"] == {"Ref": "BatchEmbedderLayer"}  # re-runs when migrations change
 
 
-def test_parameter_table_in_deploy_md_is_current() -> None:
+@pytest.mark.parametrize("doc", ["docs/deploy.md", "README.md"])
+def test_parameter_tables_are_current(doc: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "scripts/parameters_table.py", "--check", "docs/deploy.md"],
+        [sys.executable, "scripts/parameters_table.py", "--check", doc],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -155,6 +155,20 @@ MIGRATIONS: list[tuple[int, str]] = [
 ]
 
 
+#: The schema version this code needs (the last migration).
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+
+def schema_version(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    """The database's schema version (0 when the project's schema is not there)."""
+    row = conn.execute("SELECT to_regclass('batch_embedder.schema_version') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return 0
+    found = conn.execute("SELECT coalesce(max(version), 0) FROM batch_embedder.schema_version")
+    value = found.fetchone()
+    return int(str(value[0])) if value else 0
+
+
 def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> int:
     """Create the extension, the schema and apply pending migrations, under an advisory lock.
 

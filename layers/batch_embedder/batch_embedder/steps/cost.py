@@ -13,6 +13,7 @@ https://aws.amazon.com/sqs/pricing/); the local stack counts them for real.
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -42,10 +43,22 @@ def queue_usage(uploads: int) -> metering.AwsUsage:
     return metering.AwsUsage(sqs_requests=uploads + 2 * receives, pipes_requests=uploads)
 
 
-def execution_transitions(execution_arn: str | None) -> int:
-    """Standard state transitions of the execution so far, plus its final Succeed state."""
+def searchable_seconds(events: list[dict[str, Any]], window_seconds: int) -> float | None:
+    """Seconds from the group's first upload to now, when its documents are searchable:
+    the execution's age (its first history event) plus the pipe's window, the longest an
+    upload waited for its group (``UploadBatchWindowSeconds``). None without a history."""
+    if not events:
+        return None
+    started = events[0].get("timestamp")
+    if not isinstance(started, datetime):
+        return None
+    return (datetime.now(UTC) - started).total_seconds() + window_seconds
+
+
+def execution_history(execution_arn: str | None) -> list[dict[str, Any]]:
+    """The execution's history events so far, oldest first ([] without an ARN)."""
     if not execution_arn:
-        return 0
+        return []
     events: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 1000}
     while True:
@@ -54,7 +67,7 @@ def execution_transitions(execution_arn: str | None) -> int:
         if not page.get("nextToken"):
             break
         kwargs["nextToken"] = page["nextToken"]
-    return metering.transitions_from_history(events) + 1
+    return events
 
 
 def common_prefix(keys: list[str]) -> str:
@@ -158,11 +171,14 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
         api = "sync+batch"
     cached_tokens = plan.cached_tokens if plan is not None else 0
     results = _results(job)
+    history = execution_history(job.execution_arn)
     aws = (
         job.aws
         + (job.outcome.aws if job.outcome is not None else metering.AwsUsage())
         + queue_usage(job.uploads)
-        + metering.AwsUsage(sfn_transitions=execution_transitions(job.execution_arn))
+        + metering.AwsUsage(
+            sfn_transitions=metering.transitions_from_history(history) + 1 if history else 0
+        )
         + metering.snapshot()
     )
     aws_cost = usd(aws.cost_usd())
@@ -248,5 +264,8 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
     emit("saved_usd", summary.saved_usd, MetricUnit.NoUnit)
     emit("chunks", summary.chunks, MetricUnit.Count)
     emit("vectors_written", summary.vectors_written, MetricUnit.Count)
+    latency = searchable_seconds(history, settings.upload_batch_window_seconds)
+    if latency is not None and summary.documents:
+        emit("searchable_seconds", latency, MetricUnit.Seconds)
     logger.info("cost recorded", extra=summary.model_dump(exclude={"rejected", "results"}))
     return summary
