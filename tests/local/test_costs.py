@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -12,10 +11,9 @@ from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from batch_embedder import pricing
-from batch_embedder.aws import clients, dynamodb, jobs
+from batch_embedder.aws import jobs
 from batch_embedder.records import LedgerRecord
 from batch_embedder_local import cost_report, costs
 from batch_embedder_local.moto_tables import create_table
@@ -99,21 +97,6 @@ def _write_ledger(table: str) -> None:
     for rec in RECORDS:
         jobs.put_ledger_record(table, rec.day, rec.job_id, rec.model_dump())
     jobs.put_ledger_record(table, "2025-03-01", "a2", LEGACY)
-
-
-@pytest.fixture()
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "USAGE_TABLE", "PRICE_OVERRIDES"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        dynamodb.reset()
-        clients.reset()
-        yield
-    dynamodb.reset()
-    clients.reset()
 
 
 @pytest.fixture()

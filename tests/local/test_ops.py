@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -106,25 +105,6 @@ def test_execution_arn_and_retry_names() -> None:
     )
     assert ops.RETRY_SUFFIX.sub("", "job-1-retry-12") == "job-1"
     assert ops.render_jobs([]) == "no jobs\n"
-
-
-@pytest.fixture()
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    from moto import mock_aws
-
-    from batch_embedder.aws import clients, dynamodb
-
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "USAGE_TABLE", "JOBS_TABLE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        dynamodb.reset()
-        clients.reset()
-        yield
-    dynamodb.reset()
-    clients.reset()
 
 
 def test_a_deployed_stack_is_resolved_from_its_resources(

@@ -218,13 +218,7 @@ def parse_prefix_token_limits(raw: str) -> dict[str, int]:
     if not text:
         return {}
     if text.startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"PREFIX_TOKEN_LIMITS is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ValueError("PREFIX_TOKEN_LIMITS JSON must be an object")
-        pairs = [(str(k), str(v)) for k, v in data.items()]
+        pairs = [(str(k), str(v)) for k, v in _json_object(text, "PREFIX_TOKEN_LIMITS").items()]
     else:
         try:
             pairs = _comma_items(text)
@@ -245,6 +239,21 @@ def parse_prefix_token_limits(raw: str) -> dict[str, int]:
     return limits
 
 
+def _json_object(text: str, name: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object.
+
+    Raises:
+        ValueError: it is not JSON, or not an object (the message names ``name``).
+    """
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{name} JSON must be an object")
+    return data
+
+
 def parse_price_overrides(raw: str) -> dict[str, tuple[Decimal, Decimal]]:
     """``PRICE_OVERRIDES``: ``model=standard:batch,...`` (USD per 1M tokens) or the JSON
     ``{"model": {"standard": 0.02, "batch": 0.01}}``; returns ``{model: (standard, batch)}``.
@@ -258,13 +267,7 @@ def parse_price_overrides(raw: str) -> dict[str, tuple[Decimal, Decimal]]:
         return {}
     pairs: list[tuple[str, Any, Any]] = []
     if text.startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"PRICE_OVERRIDES is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ValueError("PRICE_OVERRIDES JSON must be an object")
-        for model, entry in data.items():
+        for model, entry in _json_object(text, "PRICE_OVERRIDES").items():
             if not isinstance(entry, dict) or not {"standard", "batch"} <= set(entry):
                 raise ValueError(f"PRICE_OVERRIDES: item {model!r} needs standard and batch prices")
             pairs.append((str(model), entry["standard"], entry["batch"]))
