@@ -22,8 +22,8 @@ class CaughtError(Contract):
 class FailureInput(Metered):
     """Input of RecordFailure: whatever the failed state had, plus the caught error.
 
-    Reached from every ``Catch`` (``error`` set) and from the batch-outcome Choice when a
-    batch ended ``failed`` / ``expired`` / ``cancelled`` (``outcome`` set).
+    Reached from every ``Catch``, with the error at ``error`` (a batch that did not
+    complete is a FetchAndWrite error once its rounds are spent: ``BatchFailedError``, ...).
     """
 
     job_id: str

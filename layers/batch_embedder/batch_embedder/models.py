@@ -271,7 +271,6 @@ class BatchesOutcome(Contract):
     reconciler once every batch of the group is terminal)."""
 
     status: BatchStatus
-    fallback: bool = Field(default=False, description="finish the rest through the sync API")
     batches: list[BatchRef]
     aws: AwsUsage = Field(default_factory=AwsUsage, description="the completer's AWS usage")
 

@@ -97,7 +97,6 @@ def complete_if_done(settings: Settings, job_id: str) -> bool:
     status = overall_status([r.status for r in refs])
     outcome = BatchesOutcome(
         status=status,
-        fallback=settings.sync_fallback and status in ("failed", "expired"),
         batches=refs,
         aws=metering.snapshot(),
     )

@@ -42,11 +42,6 @@ ERROR_STATES: dict[str, FailedState] = {
     "AuthenticationError": "ProviderAuthFailed",
     "PermissionDeniedError": "ProviderAuthFailed",
 }
-BATCH_STATES: dict[str, FailedState] = {
-    "failed": "BatchFailed",
-    "expired": "BatchExpired",
-    "cancelled": "BatchCancelled",
-}
 
 
 def _source_key(failure: FailureInput) -> str:
@@ -106,11 +101,9 @@ def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
         state: FailedState = ERROR_STATES.get(error, "PipelineError")
         message = error_message(failure.error.cause)
         cause = message if state != "PipelineError" else f"{key}: {error}: {message}"
-    else:
-        status = failure.outcome.status if failure.outcome else "failed"
-        state = BATCH_STATES.get(status, "PipelineError")
-        error = state
-        cause = f"{key}: a batch ended '{status}'"
+    else:  # every path here comes from a Catch; no error is a bug: say so plainly
+        state, error = "PipelineError", "PipelineError"
+        cause = f"{key}: RecordFailure was reached without an error"
     if collected.errors:
         cause += f" (batches left for the reconciler: {'; '.join(collected.errors)[:500]})"
     released, _ = budget.settle(
