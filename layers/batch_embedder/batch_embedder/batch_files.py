@@ -1,7 +1,7 @@
 """Batch input files: chunks packed into ``/v1/embeddings`` request lines, split into files.
 
 Limits (OpenAI Batch guide and embeddings reference, summarised in
-``../shared/reference/openai-batch-api.md``):
+``docs/openai-limits.md``):
 
 - per request: at most 2,048 inputs and 300,000 tokens summed over its inputs;
 - per batch (= per input file): at most 50,000 requests, 50,000 embedding inputs, 200 MB.

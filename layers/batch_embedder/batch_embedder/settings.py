@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Hard per-input cap of the embeddings endpoint is 8,192 tokens; 8,191 is the safe figure
-#: (OpenAI embeddings guide; see ../shared/reference/openai-batch-api.md).
+#: (OpenAI embeddings guide; see docs/openai-limits.md).
 MAX_TOKENS_PER_INPUT = 8191
 
 #: Native output dimensions per model (OpenAI model pages).
@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     reservation_hold_seconds: int = Field(default=26 * 3600, ge=60)
 
     # Rate limits (reference tier-1 figures for text-embedding-3-small; see
-    # ../shared/reference/openai-batch-api.md). Shared by every Lambda through DynamoDB.
+    # docs/openai-limits.md). Shared by every Lambda through DynamoDB.
     #: Names the API key's limit pool (an org or key NAME, never the key itself).
     openai_rate_limit_scope: str = "default"
     embeddings_requests_per_minute: int = Field(default=3_000, gt=0)

@@ -2,7 +2,7 @@
 
 For small or urgent jobs and for search queries: no batch wait, standard price. Requests
 carry many inputs each (at most 2,048 inputs and 300,000 tokens, the endpoint's limits in
-``../shared/reference/openai-batch-api.md``). Before each request the caller's
+``docs/openai-limits.md``). Before each request the caller's
 :class:`~batch_embedder.aws.token_bucket.TokenBucket` (RPM + TPM, shared in DynamoDB by
 every Lambda) grants its tokens; every response's ``x-ratelimit-*`` headers and every
 429's ``retry-after`` correct the bucket, so deployments sharing one key converge.

@@ -1,7 +1,7 @@
 """Local OpenAI-compatible server for the batch-embedder dev stack (never deployed).
 
 Emulates ``/v1/embeddings``, ``/v1/files`` and ``/v1/batches`` closely enough for the
-official ``openai`` SDK, following ``/work/shared/reference/openai-batch-api.md``. The
+official ``openai`` SDK, following ``docs/openai-limits.md``. The
 vectors are deterministic feature-hashing stand-ins, NOT OpenAI's embeddings.
 
 Public API::

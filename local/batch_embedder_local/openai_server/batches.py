@@ -1,6 +1,6 @@
 """Batch API emulation: batch objects and the worker that moves them through their lifecycle.
 
-Contract (``/work/shared/reference/openai-batch-api.md``, "Batch API"; field list from the
+Contract (``docs/openai-limits.md``, "Batch API"; field list from the
 openai SDK 3.54 ``Batch`` type):
 
 - ``validating`` -> ``in_progress`` -> ``finalizing`` -> ``completed``; ``failed`` when the

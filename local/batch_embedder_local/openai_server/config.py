@@ -1,6 +1,6 @@
 """Settings of the local OpenAI emulator (dev only, never deployed).
 
-Every limit defaults to the figure in ``/work/shared/reference/openai-batch-api.md`` (the
+Every limit defaults to the figure in ``docs/openai-limits.md`` (the
 contract the project codes against, itself taken from the openai SDK 3.54 types and OpenAI's
 Batch / Embeddings guides); every timing is in seconds, every size in bytes, every token
 count in cl100k_base tokens. All fields can be changed at run time through

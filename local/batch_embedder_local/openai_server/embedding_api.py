@@ -1,6 +1,6 @@
 """``POST /v1/embeddings`` semantics, shared by the synchronous endpoint and the batch worker.
 
-Limits (from ``/work/shared/reference/openai-batch-api.md``, "Embeddings endpoint", which
+Limits (from ``docs/openai-limits.md``, "Embeddings endpoint", which
 follows the openai SDK's docstring for ``embeddings.create``): at most 2,048 inputs per
 request, at most 8,192 cl100k_base tokens per input, at most 300,000 tokens summed over the
 request, no empty strings; ``dimensions`` only for ``text-embedding-3-*``, 1..native. The

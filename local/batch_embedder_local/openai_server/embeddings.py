@@ -21,7 +21,7 @@ words have a high cosine similarity; a sentence taken from a document is nearest
 chunk that contains it. Nothing else about the geometry resembles the real models.
 
 Model table (native dimensions, whether ``dimensions`` may be passed) comes from the
-reference ``/work/shared/reference/openai-batch-api.md`` (OpenAI embeddings guide).
+reference ``docs/openai-limits.md`` (OpenAI embeddings guide).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A project-owned, OpenAI-compatible HTTP server on 127.0.0.1 (dev only, never deployed).
 
 It emulates the slice of the OpenAI API this project uses, following the contract in
-``/work/shared/reference/openai-batch-api.md``: ``/v1/embeddings``, ``/v1/files``,
+``docs/openai-limits.md``: ``/v1/embeddings``, ``/v1/files``,
 ``/v1/batches`` (plus ``/v1/models``), with OpenAI's error shapes, ``x-ratelimit-*`` headers,
 429s with ``retry-after``, and a batch lifecycle driven by background threads. The official
 ``openai`` SDK (3.54) talks to it unchanged through ``base_url``.

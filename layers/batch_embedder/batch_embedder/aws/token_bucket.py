@@ -4,11 +4,11 @@ Two limiters, both stored in the usage table (``USAGE_TABLE``, key ``pk``/``sk``
 
 - :class:`TokenBucket`: the synchronous Embeddings API's requests per minute (RPM) and
   tokens per minute (TPM) of one API key scope and model. Reference tier-1 limits for
-  text-embedding-3-small: 3,000 RPM and 1,000,000 TPM (``openai-batch-api.md``, "Rate
+  text-embedding-3-small: 3,000 RPM and 1,000,000 TPM (``docs/openai-limits.md``, "Rate
   limits and errors"); they depend on the account's usage tier, so they are parameters.
 - :class:`BatchQueueLimits`: the Batch API's own pool (separate from RPM/TPM): batch
   creations per hour ("2,000 per hour (unverified)") and the model's enqueued-token cap
-  ("3M tokens at tier 1 for 3-small (unverified)"), both from ``openai-batch-api.md``,
+  ("3M tokens at tier 1 for 3-small (unverified)"), both from ``docs/openai-limits.md``,
   "Batch API", and both parameters.
 
 Items:
@@ -66,10 +66,10 @@ __all__ = [
     "retry_after_seconds",
 ]
 
-#: Reference tier-1 limits of text-embedding-3-small (openai-batch-api.md, "Rate limits").
+#: Reference tier-1 limits of text-embedding-3-small (docs/openai-limits.md, "Rate limits").
 REFERENCE_REQUESTS_PER_MINUTE = 3000
 REFERENCE_TOKENS_PER_MINUTE = 1_000_000
-#: Batch creations per hour; "(unverified)" in openai-batch-api.md, "Batch API".
+#: Batch creations per hour; "(unverified)" in docs/openai-limits.md, "Batch API".
 REFERENCE_BATCH_CREATIONS_PER_HOUR = 2000
 #: Enqueued-token cap of text-embedding-3-small at tier 1; "(unverified)", same source.
 REFERENCE_ENQUEUED_TOKEN_CAP = 3_000_000
@@ -208,7 +208,7 @@ def parse_duration(text: str) -> float:
 
     Accepts ``20ms``, ``1s``, ``1.5s``, ``6m0s``, ``1h2m3.5s``, ``0s`` (units ``h``, ``m``,
     ``s``, ``ms``, ``us``/``µs``, ``ns``) and a bare number of seconds (``"2"``,
-    ``"0.5"``). Header format: openai-batch-api.md, "Rate limits and errors".
+    ``"0.5"``). Header format: docs/openai-limits.md, "Rate limits and errors".
 
     Raises:
         ValueError: empty, negative or not a duration.
@@ -237,7 +237,7 @@ def parse_duration(text: str) -> float:
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """Seconds a 429 response asks to wait: ``retry-after-ms`` or else ``retry-after``.
 
-    Header names are matched case-insensitively (openai-batch-api.md: "on 429 also
+    Header names are matched case-insensitively (docs/openai-limits.md: "on 429 also
     ``retry-after`` / ``retry-after-ms``"). Returns None when neither is a usable number of
     seconds (``retry-after`` may also be an HTTP date, which is not read).
     """
@@ -305,7 +305,7 @@ class TokenBucket:
     ``model``; see the module docstring for its layout. Each dimension holds up to its
     per-minute capacity and refills continuously at ``capacity / 60`` per second. Reference
     tier-1 limits for text-embedding-3-small are 3,000 RPM and 1,000,000 TPM
-    (openai-batch-api.md, "Rate limits and errors"; :data:`REFERENCE_REQUESTS_PER_MINUTE`,
+    (docs/openai-limits.md, "Rate limits and errors"; :data:`REFERENCE_REQUESTS_PER_MINUTE`,
     :data:`REFERENCE_TOKENS_PER_MINUTE`).
 
     Args:
@@ -446,7 +446,7 @@ class TokenBucket:
 
         Reads OpenAI's ``x-ratelimit-remaining-requests`` / ``-tokens`` (what the server
         will still accept) and ``x-ratelimit-reset-requests`` / ``-tokens`` (how long until
-        it is back to full, a duration such as ``20ms`` or ``6m0s``; openai-batch-api.md,
+        it is back to full, a duration such as ``20ms`` or ``6m0s``; docs/openai-limits.md,
         "Rate limits and errors"). For each dimension the level becomes
         ``min(ours, remaining, capacity * (1 - reset / 60 s))``: being full again after
         ``reset`` seconds, at our refill rate, means at most that much is free now. A reset
@@ -659,7 +659,7 @@ class TokenBucket:
 class BatchQueueLimits:
     """The Batch API's own limits for one (API key scope, model): creations and queue size.
 
-    A separate pool from the synchronous RPM/TPM (openai-batch-api.md, "Batch API"):
+    A separate pool from the synchronous RPM/TPM (docs/openai-limits.md, "Batch API"):
 
     - batch creations per hour: a bucket of ``creations_per_hour`` refilled continuously
       over 3,600 s (reference: 2,000 per hour, unverified:
@@ -781,7 +781,7 @@ class BatchQueueLimits:
         (conditional) and the counter drops by its tokens. Calling it again, concurrently,
         or for a key never reserved changes nothing. Call it when the batch is finished;
         failed batches have been reported to keep counting against OpenAI's cap for a while
-        (openai-python #2084, cited in openai-batch-api.md), so a caller may delay it then.
+        (https://github.com/openai/openai-python/issues/2084), so a caller may delay it then.
 
         Returns:
             Tokens given back; 0 when nothing was held.
