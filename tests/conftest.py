@@ -9,9 +9,6 @@ from typing import Any
 import psycopg
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "samples" / "python-tutorial"
-
 
 @pytest.fixture(scope="session")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -56,9 +53,3 @@ def emulator(stack: Any) -> Iterator[Any]:
     before = stack.emulator.config.model_dump()
     yield stack.emulator
     stack.emulator.update_config(**before)
-
-
-def fresh(name: str, salt: str) -> bytes:
-    """A sample document made unique (every chunk differs), so the cache cannot serve it."""
-    text = (SAMPLES / name).read_text(encoding="utf-8")
-    return "\n\n".join(f"[{salt}] {p}" for p in text.split("\n\n")).encode()

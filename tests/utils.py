@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import boto3
 
 from batch_embedder.pricing import cost_usd
+
+#: The repository, and the sample pages the tests ingest.
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples" / "python-tutorial"
 
 
 def ledger(output: dict[str, Any]) -> dict[str, Any]:
@@ -68,3 +73,9 @@ def texts(db: Any, key: str) -> list[str]:
         (key,),
     ).fetchall()
     return [str(r[0]) for r in rows]
+
+
+def fresh(name: str, salt: str) -> bytes:
+    """A sample document made unique (every chunk differs), so the cache cannot serve it."""
+    text = (SAMPLES / name).read_text(encoding="utf-8")
+    return "\n\n".join(f"[{salt}] {p}" for p in text.split("\n\n")).encode()

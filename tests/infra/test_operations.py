@@ -15,7 +15,7 @@ import pytest
 
 from batch_embedder.settings import Settings
 from batch_embedder_local.template import Resolver, load_template, parameter_defaults
-from tests.conftest import ROOT
+from tests.utils import ROOT
 
 ALARMS = {
     "FailedExecutionsAlarm",

@@ -13,7 +13,7 @@ import pytest
 
 from batch_embedder_local.asl_check import check_file, check_states, check_template
 from batch_embedder_local.template import load_template
-from tests.conftest import ROOT
+from tests.utils import ROOT
 
 ASL = ROOT / "statemachine" / "embed_uploads.asl.json"
 STATE_MACHINE = "EmbedUploadsStateMachine"

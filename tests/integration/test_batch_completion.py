@@ -13,8 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import SAMPLES
-from tests.utils import until
+from tests.utils import SAMPLES, until
 
 pytestmark = pytest.mark.integration
 

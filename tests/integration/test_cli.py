@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from batch_embedder.pricing import cost_usd, price_for
-from tests.conftest import SAMPLES
+from tests.utils import SAMPLES
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from batch_embedder_local import ops
-from tests.conftest import SAMPLES, fresh
+from tests.utils import SAMPLES, fresh
 
 pytestmark = pytest.mark.integration
 

@@ -30,8 +30,7 @@ from batch_embedder.aws.registry import BatchRegistry
 from batch_embedder.settings import Settings
 from batch_embedder.steps.batch import TERMINAL, batch_queue
 from batch_embedder_local.stack import LOCAL_API_KEY
-from tests.conftest import fresh
-from tests.utils import until
+from tests.utils import fresh, until
 
 pytestmark = pytest.mark.integration
 

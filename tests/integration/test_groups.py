@@ -15,8 +15,7 @@ import pytest
 
 from batch_embedder.aws import budget
 from batch_embedder.pricing import price_for
-from tests.conftest import SAMPLES, fresh
-from tests.utils import ledger
+from tests.utils import SAMPLES, fresh, ledger
 
 pytestmark = pytest.mark.integration
 

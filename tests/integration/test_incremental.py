@@ -11,8 +11,7 @@ import pytest
 from batch_embedder.chunking import chunk_text
 from batch_embedder.documents import decode_document
 from batch_embedder.pricing import cost_usd, price_for
-from tests.conftest import SAMPLES, fresh
-from tests.utils import ledger, usd
+from tests.utils import SAMPLES, fresh, ledger, usd
 
 pytestmark = pytest.mark.integration
 NAMES = sorted(p.name for p in SAMPLES.glob("*.rst.txt"))[:10]

@@ -17,8 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import fresh
-from tests.utils import texts, until
+from tests.utils import fresh, texts, until
 
 pytestmark = pytest.mark.integration
 

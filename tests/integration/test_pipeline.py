@@ -18,8 +18,7 @@ import pytest
 from batch_embedder.aws import budget
 from batch_embedder.pricing import price_for
 from batch_embedder.tokenizer import count_tokens
-from tests.conftest import SAMPLES, fresh
-from tests.utils import brief, ledger, usd
+from tests.utils import SAMPLES, brief, fresh, ledger, usd
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from batch_embedder.openai_client import QuotaExhaustedError
 from batch_embedder.sync_embed import embed_sync
 from batch_embedder.tokenizer import count_tokens
 from batch_embedder_local.stack import LOCAL_API_KEY
-from tests.conftest import fresh
+from tests.utils import fresh
 
 pytestmark = pytest.mark.integration
 MODEL = "text-embedding-3-small"

@@ -16,8 +16,7 @@ import psycopg
 import pytest
 
 from batch_embedder_local.replay import ReplayError, parse_steps, replay
-from tests.conftest import fresh
-from tests.utils import texts
+from tests.utils import fresh, texts
 
 
 def steps_of(*lines: dict[str, Any], base: Path = Path()) -> Any:

@@ -19,8 +19,7 @@ from batch_embedder_local.events import ALL_FILES, ENV_FILE, FILES, SCHEDULES
 from batch_embedder_local.pipe import render_input_template
 from batch_embedder_local.stack import LOCAL_API_KEY
 from batch_embedder_local.template import load_template
-from tests.conftest import ROOT, fresh
-from tests.utils import wait_for_batch
+from tests.utils import ROOT, fresh, wait_for_batch
 
 EVENTS = ROOT / "events"
 TEMPLATE = load_template()
