@@ -262,7 +262,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .search import search_local
 
     hits = search_local(
-        args.query, k=args.k, home=Path(args.home) if args.home else None, openai_mode=args.openai
+        args.query,
+        k=args.k,
+        prefix=args.prefix,
+        home=Path(args.home) if args.home else None,
+        openai_mode=args.openai,
     )
     if args.json:
         _print_hits(args, hits)
@@ -379,7 +383,9 @@ def cmd_stack_search(args: argparse.Namespace) -> int:
     from . import ops
 
     def run() -> int:
-        hits = ops.search_stack(ops.resources_from_stack(args.stack_name), args.query, k=args.k)
+        hits = ops.search_stack(
+            ops.resources_from_stack(args.stack_name), args.query, k=args.k, prefix=args.prefix
+        )
         _print_hits(args, hits)
         return 0 if hits else 1
 
@@ -508,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query")
     search.add_argument("-k", type=int, default=5, help="how many chunks (default 5)")
     search.add_argument("--json", action="store_true")
+    search.add_argument("--prefix", default="", help="only keys starting with this")
     search.add_argument("--home")
     search.add_argument("--openai", choices=["emulator", "openai"], default="emulator")
     search.set_defaults(func=cmd_search)
@@ -533,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack_search.add_argument("query")
     stack_search.add_argument("-k", type=int, default=5, help="how many chunks (default 5)")
     stack_search.add_argument("--json", action="store_true")
+    stack_search.add_argument("--prefix", default="", help="only keys starting with this")
     stack_search.add_argument("--stack-name", required=True, help="the CloudFormation stack")
     stack_search.set_defaults(func=cmd_stack_search)
     migrate = sub.add_parser(

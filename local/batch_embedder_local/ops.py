@@ -392,9 +392,10 @@ def migrate_stack(res: Resources) -> int:
     return migrate_url(url)
 
 
-def search_stack(res: Resources, query: str, *, k: int = 5) -> list[Any]:
-    """The ``k`` chunks nearest to ``query``: the database URL and OpenAI key from the
-    stack's secrets, model and dimensions from its parameters (as the functions embed)."""
+def search_stack(res: Resources, query: str, *, k: int = 5, prefix: str = "") -> list[Any]:
+    """The ``k`` chunks nearest to ``query`` among keys starting with ``prefix``: the
+    database URL and OpenAI key from the stack's secrets, model and dimensions from its
+    parameters (as the functions embed)."""
     import openai
 
     from batch_embedder.db.connection import connect
@@ -413,7 +414,12 @@ def search_stack(res: Resources, query: str, *, k: int = 5) -> list[Any]:
     vector = _embed(client, query, settings)
     with connect(url) as conn:
         hits: list[Any] = search(
-            conn, vector, model=settings.embedding_model, dimensions=settings.dimensions, k=k
+            conn,
+            vector,
+            model=settings.embedding_model,
+            dimensions=settings.dimensions,
+            k=k,
+            prefix=prefix,
         )
         return hits
 

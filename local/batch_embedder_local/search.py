@@ -20,9 +20,16 @@ from .template import load_template, parameter_defaults
 
 
 def search_local(
-    query: str, *, k: int = 5, home: Path | None = None, openai_mode: str = "emulator", **_: object
+    query: str,
+    *,
+    k: int = 5,
+    prefix: str = "",
+    home: Path | None = None,
+    openai_mode: str = "emulator",
+    **_: object,
 ) -> list[SearchHit]:
-    """The ``k`` chunks nearest to ``query`` in the local pgvector index.
+    """The ``k`` chunks nearest to ``query`` in the local pgvector index, among keys
+    starting with ``prefix``.
 
     Model and dimensions are the template's defaults unless ``EMBEDDING_MODEL`` /
     ``EMBEDDING_DIMENSIONS`` are set, as for ingest.
@@ -46,7 +53,12 @@ def search_local(
             vector = _embed(client, query, settings)
     with connect(url) as conn:
         return search(
-            conn, vector, model=settings.embedding_model, dimensions=settings.dimensions, k=k
+            conn,
+            vector,
+            model=settings.embedding_model,
+            dimensions=settings.dimensions,
+            k=k,
+            prefix=prefix,
         )
 
 

@@ -86,5 +86,6 @@ def test_search_finds_the_good_document(stack: Any, day2: dict[str, Any]) -> Non
     res = ops.resources_from_local(stack)
     text = (SAMPLES / "appetite.rst.txt").read_text(encoding="utf-8")
     query = f"[{day2['salt']}] " + text.split("\n\n")[2]
-    hits = ops.search_stack(res, query, k=3)
-    assert hits and hits[0].key == day2["good_key"]
+    hits = ops.search_stack(res, query, k=3, prefix=f"day2/{day2['salt']}/")
+    assert [hit.key for hit in hits] == [day2["good_key"]] * len(hits) and hits
+    assert not ops.search_stack(res, query, k=3, prefix=f"day2/{day2['salt']}/none/")

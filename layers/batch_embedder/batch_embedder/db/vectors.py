@@ -362,9 +362,16 @@ class SearchHit:
 
 
 def search(
-    conn: Conn, query: np.ndarray[Any, Any], *, model: str, dimensions: int, k: int = 5
+    conn: Conn,
+    query: np.ndarray[Any, Any],
+    *,
+    model: str,
+    dimensions: int,
+    k: int = 5,
+    prefix: str = "",
 ) -> list[SearchHit]:
-    """The ``k`` chunks of (model, dimensions) nearest to ``query`` by cosine distance.
+    """The ``k`` chunks of (model, dimensions) nearest to ``query`` by cosine distance,
+    only among objects whose key starts with ``prefix`` (all when empty).
 
     The ORDER BY expression matches the HNSW expression index, so the index is used.
     """
@@ -373,11 +380,18 @@ def search(
         "SELECT source_bucket, source_key, chunk_index, "
         "1 - (embedding::{vtype} <=> %(q)s::{vtype}) AS score, text "
         "FROM {schema}.chunks WHERE model = %(model)s AND dimensions = %(dims)s "
+        "AND starts_with(source_key, %(prefix)s) "
         "ORDER BY embedding::{vtype} <=> %(q)s::{vtype} LIMIT %(k)s"
     ).format(vtype=vtype, schema=sql.Identifier(SCHEMA))
     rows = conn.execute(
         query_sql,
-        {"q": np.asarray(query, dtype=np.float32), "model": model, "dims": dimensions, "k": k},
+        {
+            "q": np.asarray(query, dtype=np.float32),
+            "model": model,
+            "dims": dimensions,
+            "k": k,
+            "prefix": prefix,
+        },
     ).fetchall()
     return [
         SearchHit(bucket=r[0], key=r[1], chunk_index=r[2], score=float(r[3]), text=r[4])
