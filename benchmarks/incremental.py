@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 from run import WORK, corpus, files
 
-from batch_embedder import pricing
+from batch_embedder.openai import pricing
 
 MODEL = "text-embedding-3-small"
 

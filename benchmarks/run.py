@@ -62,9 +62,9 @@ def files(root: Path) -> list[tuple[str, bytes]]:
 def bench_chunking(
     docs: list[tuple[str, bytes]], chunk_tokens: int, overlap: int
 ) -> dict[str, Any]:
-    from batch_embedder import pricing
     from batch_embedder.chunking import chunk_text
     from batch_embedder.documents import decode_document
+    from batch_embedder.openai import pricing
     from batch_embedder.tokenizer import get_encoding
 
     enc = get_encoding()
@@ -101,7 +101,7 @@ def bench_chunking(
 
 
 def bench_jsonl(all_chunks: list[tuple[str, Any]]) -> dict[str, Any]:
-    from batch_embedder.batch_files import write_batch_files
+    from batch_embedder.openai.batch_files import write_batch_files
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()

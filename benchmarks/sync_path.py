@@ -113,9 +113,10 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     import moto
     import openai
 
-    from batch_embedder.aws.token_bucket import Acquire, TokenBucket
-    from batch_embedder.batch_files import BatchLimits
-    from batch_embedder.sync_embed import SyncResult, embed_sync
+    from batch_embedder.aws.levels import Acquire
+    from batch_embedder.aws.rate_bucket import TokenBucket
+    from batch_embedder.openai.batch_files import BatchLimits
+    from batch_embedder.openai.sync_embed import SyncResult, embed_sync
     from batch_embedder_local.moto_tables import moto_table
     from batch_embedder_local.openai_server import EmulatorConfig, OpenAIEmulator
     from batch_embedder_local.openai_server.ratelimit import RateLimiter, RateLimitExceeded

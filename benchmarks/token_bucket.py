@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 
 from common import cpu_model
 
-from batch_embedder.aws.token_bucket import TokenBucket
+from batch_embedder.aws.rate_bucket import TokenBucket
 from batch_embedder_local.moto_tables import moto_table
 
 TABLE = "usage-bench"

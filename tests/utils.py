@@ -10,7 +10,7 @@ from typing import Any
 
 import boto3
 
-from batch_embedder.pricing import cost_usd
+from batch_embedder.openai.pricing import cost_usd
 
 #: The repository, and the sample pages the tests ingest.
 ROOT = Path(__file__).resolve().parents[1]

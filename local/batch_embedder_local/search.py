@@ -11,7 +11,7 @@ import openai
 
 from batch_embedder.db.connection import connect
 from batch_embedder.db.vectors import SearchHit, search
-from batch_embedder.openai_files import decode_embedding
+from batch_embedder.openai.files import decode_embedding
 from batch_embedder.settings import Settings, request_dimensions
 
 from .postgres import local_database_url

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from batch_embedder.pricing import cost_usd, price_for
+from batch_embedder.openai.pricing import cost_usd, price_for
 from tests.utils import SAMPLES
 
 pytestmark = pytest.mark.integration

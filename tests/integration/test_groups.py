@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from batch_embedder.aws import budget
-from batch_embedder.pricing import price_for
+from batch_embedder.openai.pricing import price_for
 from tests.utils import SAMPLES, fresh, ledger
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import pytest
 
 from batch_embedder.chunking import chunk_text
 from batch_embedder.documents import decode_document
-from batch_embedder.pricing import cost_usd, price_for
+from batch_embedder.openai.pricing import cost_usd, price_for
 from tests.utils import SAMPLES, fresh, ledger, usd
 
 pytestmark = pytest.mark.integration

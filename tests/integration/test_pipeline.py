@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from batch_embedder.aws import budget
-from batch_embedder.pricing import price_for
+from batch_embedder.openai.pricing import price_for
 from batch_embedder.tokenizer import count_tokens
 from tests.utils import SAMPLES, brief, fresh, ledger, usd
 

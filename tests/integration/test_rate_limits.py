@@ -14,10 +14,10 @@ import openai
 import psycopg
 import pytest
 
-from batch_embedder.aws.token_bucket import TokenBucket
-from batch_embedder.batch_files import BatchLimits
-from batch_embedder.openai_client import QuotaExhaustedError
-from batch_embedder.sync_embed import embed_sync
+from batch_embedder.aws.rate_bucket import TokenBucket
+from batch_embedder.openai.batch_files import BatchLimits
+from batch_embedder.openai.client import QuotaExhaustedError
+from batch_embedder.openai.sync_embed import embed_sync
 from batch_embedder.tokenizer import count_tokens
 from batch_embedder_local.stack import LOCAL_API_KEY
 from tests.utils import fresh

@@ -12,8 +12,8 @@ from typing import Any
 import boto3
 import pytest
 
-from batch_embedder import pricing
 from batch_embedder.aws import jobs
+from batch_embedder.openai import pricing
 from batch_embedder.records import LedgerRecord
 from batch_embedder_local import cost_report, costs
 from batch_embedder_local.moto_tables import create_table
@@ -31,7 +31,7 @@ def _rec(job_id: str, day: str, model: str, api: str, **kw: Any) -> LedgerRecord
     )
 
 
-# OpenAI figures at pricing.py's prices (checked below); AWS figures arbitrary, 9 decimals.
+# OpenAI figures at openai/pricing.py's prices (checked below); AWS figures arbitrary, 9 decimals.
 #   a1: 1,000,000 batch tokens: 0.01 paid, 0.02 standard; naive 1,500,000 x 0.02 = 0.03
 #   b1: 500,000 through the synchronous API: 0.01 = standard = naive, so total > naive
 #   b2: failed after 10,000 billed batch tokens: 0.00065, standard = naive = 0.0013

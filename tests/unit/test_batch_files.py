@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from batch_embedder.batch_files import (
+from batch_embedder.openai.batch_files import (
     MAX_INPUTS_PER_BATCH,
     MAX_INPUTS_PER_REQUEST,
     MAX_TOKENS_PER_REQUEST,

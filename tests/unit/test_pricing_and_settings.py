@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from pydantic import ValidationError
 
-from batch_embedder import pricing
+from batch_embedder.openai import pricing
 from batch_embedder.settings import Settings, request_dimensions
 
 

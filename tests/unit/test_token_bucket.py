@@ -17,16 +17,11 @@ from typing import Any
 import pytest
 
 from batch_embedder.aws import dynamodb
-from batch_embedder.aws.token_bucket import (
-    CONTENTION_WAIT_SECONDS,
-    Acquire,
-    BatchQueueLimits,
-    RateLimitWaitTooLong,
-    TokenBucket,
-    parse_duration,
-    retry_after_seconds,
-)
+from batch_embedder.aws.batch_queue import BatchQueueLimits
+from batch_embedder.aws.levels import CONTENTION_WAIT_SECONDS, Acquire, RateLimitWaitTooLong
+from batch_embedder.aws.rate_bucket import TokenBucket
 from batch_embedder.errors import BatchEmbedderError
+from batch_embedder.openai.headers import parse_duration, retry_after_seconds
 from batch_embedder_local.moto_tables import moto_table
 
 #: A realistic epoch (2027-01-15), so Decimal precision is exercised on large numbers.

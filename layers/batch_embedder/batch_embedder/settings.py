@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     openai_timeout_seconds: float = Field(default=120.0, gt=0)
     #: Prices per 1M tokens overriding or extending ``pricing.PRICES``, a comma list
     #: ``model=standard:batch`` (or the JSON ``{"model": {"standard": s, "batch": b}}``);
-    #: checked here, applied by :func:`batch_embedder.pricing.price_for`.
+    #: checked here, applied by :func:`batch_embedder.openai.pricing.price_for`.
     price_overrides: str = ""
 
     # Postgres: a URL straight from the environment or a Secrets Manager secret.

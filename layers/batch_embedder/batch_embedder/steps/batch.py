@@ -17,12 +17,12 @@ from openai.types import Batch
 from pydantic import TypeAdapter
 
 from ..aws import jobs, s3
+from ..aws.batch_queue import BatchQueueLimits
 from ..aws.registry import BatchRegistry
-from ..aws.token_bucket import BatchQueueLimits
-from ..batch_files import ENDPOINT, BatchLimits, write_batch_files
 from ..metrics import emit
 from ..models import BatchFile, BatchRef, BatchStatus, ReservedJob, SubmittedJob, UploadedJob
-from ..openai_client import get_client, raise_if_quota_exhausted
+from ..openai.batch_files import ENDPOINT, BatchLimits, write_batch_files
+from ..openai.client import get_client, raise_if_quota_exhausted
 from ..records import EmbedRow
 from ..settings import Settings, request_dimensions
 

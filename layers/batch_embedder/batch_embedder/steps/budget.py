@@ -13,7 +13,7 @@ from ..aws import budget, jobs, s3
 from ..errors import BudgetExceededError
 from ..metrics import emit
 from ..models import BudgetDecision, ChunkedJob
-from ..openai_client import check_provider
+from ..openai.client import check_provider
 from ..records import EmbedRow
 from ..service_models import ScheduledEvent, SweepResult
 from ..settings import Settings

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
-from .. import pricing
 from ..aws import metering, s3
 from ..chunking import chunk_text
 from ..documents import Decoded, extract_document, normalize_text, read_text
 from ..errors import InvalidDocumentError
 from ..metrics import emit
 from ..models import ChunkedJob, CostEstimate, GroupRequest, S3Location, Upload
+from ..openai import pricing
 from ..records import ChunkRow, DocumentOutcome, sequencer_key
 from ..settings import Settings
 from ..tokenizer import get_encoding

@@ -41,8 +41,8 @@ from ..aws.registry import BatchRegistry, RegisteredBatch
 from ..aws.secrets import webhook_secret
 from ..metrics import emit
 from ..models import BatchesOutcome, SubmittedJob
-from ..openai_client import get_client
-from ..openai_files import delete_files
+from ..openai.client import get_client
+from ..openai.files import delete_files
 from ..service_models import (
     FunctionUrlRequest,
     ReconcileResult,

@@ -19,11 +19,11 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
-from .. import pricing
 from ..aws import budget, jobs, metering, s3
 from ..aws.clients import client
 from ..metrics import emit
 from ..models import DocumentResult, JobSummary, WrittenJob
+from ..openai import pricing
 from ..records import DocumentOutcome, LedgerRecord, usd
 from ..settings import Settings
 

@@ -15,12 +15,12 @@ import json
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
-from .. import pricing
 from ..aws import budget, jobs, metering
 from ..aws.registry import BatchRegistry
 from ..db.content import Billed
 from ..failure_models import FailedState, FailureInput, FailureOutcome
 from ..metrics import emit
+from ..openai import pricing
 from ..records import LedgerRecord, usd
 from ..settings import Settings
 from .batch import release_queue

@@ -19,10 +19,10 @@ from aws_lambda_powertools import Logger
 
 from ..aws import s3
 from ..aws.registry import BatchRegistry
-from ..batch_files import parse_custom_id
 from ..db.content import ContentStore, batch_purchase
 from ..models import BatchRef, S3Location
-from ..openai_files import decode_embedding, delete_files, iter_jsonl_file
+from ..openai.batch_files import parse_custom_id
+from ..openai.files import decode_embedding, delete_files, iter_jsonl_file
 from ..records import BatchOutputLine, EmbedRow
 
 logger = Logger(child=True)

@@ -22,15 +22,15 @@ from decimal import Decimal
 import openai
 from aws_lambda_powertools import Logger
 
-from .. import pricing
 from ..aws import budget, jobs
 from ..aws.registry import BatchRegistry, RegisteredBatch
 from ..db import cache
 from ..db.connection import connect_settings
 from ..db.content import Billed, ContentStore, billed
 from ..models import BatchRef
-from ..openai_client import get_client
-from ..openai_files import delete_files
+from ..openai import pricing
+from ..openai.client import get_client
+from ..openai.files import delete_files
 from ..records import usd
 from ..settings import Settings
 from .batch import TERMINAL, release_queue, to_ref, usage_tokens
@@ -134,7 +134,7 @@ def release_claims(settings: Settings, job_id: str) -> None:
 
 def openai_cost(model: str, bill: Billed) -> tuple[float, float]:
     """``(cost, cost at the standard price)`` of a bill in USD: batch tokens at the batch
-    price, synchronous ones at the standard price (``pricing.py``)."""
+    price, synchronous ones at the standard price (``openai/pricing.py``)."""
     price = pricing.price_for(model)
     cost = pricing.cost_usd(bill.batch_tokens, price.batch) + pricing.cost_usd(
         bill.sync_tokens, price.standard

@@ -16,16 +16,16 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from ..aws import s3
-from ..batch_files import MAX_TOKENS_PER_REQUEST, BatchLimits, custom_id, pack_requests
 from ..db.connection import connect_settings
 from ..db.content import ContentStore, sync_purchase
 from ..errors import ConfigurationError
 from ..metrics import emit
 from ..models import SyncOutput, WriteInput
-from ..openai_client import get_client
+from ..openai.batch_files import MAX_TOKENS_PER_REQUEST, BatchLimits, custom_id, pack_requests
+from ..openai.client import get_client
+from ..openai.sync_embed import bucket_for, embed_sync
 from ..records import EmbedRow
 from ..settings import Settings, request_dimensions
-from ..sync_embed import bucket_for, embed_sync
 
 logger = Logger(child=True)
 

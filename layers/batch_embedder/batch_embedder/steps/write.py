@@ -38,7 +38,7 @@ from ..errors import (
 )
 from ..metrics import emit
 from ..models import EmbedPlan, PendingWork, S3Location, WriteInput, WriteResult, WrittenJob
-from ..openai_client import get_client
+from ..openai.client import get_client
 from ..records import ChunkRow, DocumentOutcome, EmbedRow
 from ..settings import Settings
 from .batch import TERMINAL

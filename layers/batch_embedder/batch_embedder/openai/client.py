@@ -10,9 +10,9 @@ import functools
 
 import openai
 
-from .aws.secrets import openai_api_key
-from .errors import ProviderAuthFailedError
-from .settings import Settings
+from ..aws.secrets import openai_api_key
+from ..errors import ProviderAuthFailedError
+from ..settings import Settings
 
 
 class QuotaExhaustedError(Exception):

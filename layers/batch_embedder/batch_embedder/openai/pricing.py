@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
-from .settings import parse_price_overrides
+from ..settings import parse_price_overrides
 
 ONE_MILLION = Decimal(1_000_000)
 

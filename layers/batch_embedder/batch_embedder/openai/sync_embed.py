@@ -3,7 +3,7 @@
 For small or urgent jobs and for search queries: no batch wait, standard price. Requests
 carry many inputs each (at most 2,048 inputs and 300,000 tokens, the endpoint's limits in
 ``docs/openai-limits.md``). Before each request the caller's
-:class:`~batch_embedder.aws.token_bucket.TokenBucket` (RPM + TPM, shared in DynamoDB by
+:class:`~batch_embedder.aws.rate_bucket.TokenBucket` (RPM + TPM, shared in DynamoDB by
 every Lambda) grants its tokens; every response's ``x-ratelimit-*`` headers and every
 429's ``retry-after`` correct the bucket, so deployments sharing one key converge.
 
@@ -29,11 +29,12 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from .aws.token_bucket import TokenBucket, retry_after_seconds
+from ..aws.rate_bucket import TokenBucket
+from ..settings import Settings
 from .batch_files import BatchLimits, pack_requests
-from .openai_client import QuotaExhaustedError
-from .openai_files import decode_embedding
-from .settings import Settings
+from .client import QuotaExhaustedError
+from .files import decode_embedding
+from .headers import retry_after_seconds
 
 #: Backoff when the server gives no retry-after: 0.5 s doubling to 30 s, plus up to 1 s jitter.
 _BACKOFF = wait_exponential_jitter(multiplier=0.5, max=30.0, jitter=1.0)
