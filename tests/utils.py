@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import boto3
+from pydantic import BaseModel
 
+from batch_embedder import failure_models, models, service_models
 from batch_embedder.openai.pricing import cost_usd
+from batch_embedder_local.events import FILES
+from batch_embedder_local.pipe import render_input_template
+from batch_embedder_local.template import load_template
 
 #: The repository, and the sample pages the tests ingest.
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,3 +86,78 @@ def fresh(name: str, salt: str) -> bytes:
     """A sample document made unique (every chunk differs), so the cache cannot serve it."""
     text = (SAMPLES / name).read_text(encoding="utf-8")
     return "\n\n".join(f"[{salt}] {p}" for p in text.split("\n\n")).encode()
+
+
+# -- events/: the captured handler inputs ----------------------------------------------
+
+EVENTS = ROOT / "events"
+TEMPLATE = load_template()
+#: events file -> the function (logical id in template.yaml) it is the input of.
+FUNCTIONS: dict[str, str] = {
+    **{name: f"{state}Function" for state, name in FILES.items()},
+    "webhook_receiver.json": "WebhookReceiverFunction",
+    "reconcile_batches.json": "ReconcileBatchesFunction",
+    "sweep_reservations.json": "SweepReservationsFunction",
+}
+#: Files that start the workflow rather than a function.
+WORKFLOW_INPUTS = {"group.json", "object_created.json", "object_deleted.json"}
+#: Keys whose contents differ with the run (a metering snapshot's open-ended parts).
+OPAQUE = {"other_requests", "prefix_tokens"}
+#: Keys a replay leaves out (the replay is not an execution: no execution ARN).
+OPTIONAL = {"execution_arn"}
+
+
+def load(name: str) -> Any:
+    return json.loads((EVENTS / name).read_text(encoding="utf-8"))
+
+
+def handler_model(logical: str) -> type[BaseModel]:
+    """The model ``functions/<dir>/app.py`` parses its event with (``step_handler(Model)``)."""
+    code = ROOT / TEMPLATE["Resources"][logical]["Properties"]["CodeUri"] / "app.py"
+    found = re.search(r"step_handler\((\w+)\)", code.read_text(encoding="utf-8"))
+    assert found, f"{code}: no step_handler(Model)"
+    model: type[BaseModel] = (
+        getattr(models, found.group(1), None)
+        or getattr(failure_models, found.group(1), None)
+        or getattr(service_models, found.group(1))
+    )
+    return model
+
+
+def to_upload(event: dict[str, Any]) -> dict[str, Any]:
+    """What the pipe's input template (template.yaml's) makes of an EventBridge S3 event."""
+    pipe = TEMPLATE["Resources"]["UploadPipe"]["Properties"]
+    upload: dict[str, Any] = render_input_template(
+        pipe["TargetParameters"]["InputTemplate"], {"body": json.dumps(event)}
+    )
+    return upload
+
+
+def kind(value: Any) -> str:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return type(value).__name__
+    return "number" if isinstance(value, int | float) else type(value).__name__
+
+
+def same_shape(recorded: Any, live: Any, path: str = "$") -> None:
+    """Same keys (recursively) and value kinds: the recorded file is what the chain makes."""
+    if isinstance(recorded, dict) and isinstance(live, dict):
+        left = {k for k in recorded if k not in OPTIONAL}
+        right = {k for k in live if k not in OPTIONAL}
+        assert left == right, f"{path}: only recorded {left - right}, only live {right - left}"
+        for k in left - OPAQUE:
+            same_shape(recorded[k], live[k], f"{path}.{k}")
+    elif isinstance(recorded, list) and isinstance(live, list):
+        if recorded and live:
+            same_shape(recorded[0], live[0], f"{path}[0]")
+    else:
+        assert kind(recorded) == kind(live), f"{path}: {recorded!r} vs {live!r}"
+
+
+def invoke(stack: Any, logical: str, event: Any) -> Any:
+    resp = boto3.client("lambda").invoke(
+        FunctionName=stack.refs[logical], Payload=json.dumps(event).encode()
+    )
+    payload = json.loads(resp["Payload"].read())
+    assert "FunctionError" not in resp, payload
+    return payload

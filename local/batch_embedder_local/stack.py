@@ -17,7 +17,6 @@ import secrets
 import sys
 import time
 import uuid
-import warnings
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -182,8 +181,6 @@ class LocalStack:
         self.home.mkdir(parents=True, exist_ok=True)
         # moto logs every failed execution's Fail state at ERROR; the results say it better.
         logging.getLogger("moto").setLevel(logging.CRITICAL)
-        # Handlers that emit no metric (PollBatch...) make Powertools warn on every call.
-        warnings.filterwarnings("ignore", message="No application metrics to publish")
         self._saved_env = dict(os.environ)
         os.environ.update(
             AWS_DEFAULT_REGION=REGION,

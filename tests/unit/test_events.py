@@ -1,97 +1,25 @@
 """events/: every file is a valid input of its handler, names a function of template.yaml,
-and the captured chain replays through the real handlers on the local stack."""
+and what the pipe makes of an S3 event (pure: no stack; the replay is in
+tests/integration/test_events_replay.py)."""
 
 from __future__ import annotations
 
-import json
 import re
-import uuid
 from typing import Any
 
-import boto3
-import openai
 import pytest
-from pydantic import BaseModel
 
 from batch_embedder import failure_models, models, service_models
-from batch_embedder.steps.batch import overall_status, to_ref
-from batch_embedder_local.events import ALL_FILES, ENV_FILE, FILES, SCHEDULES
-from batch_embedder_local.pipe import render_input_template
-from batch_embedder_local.stack import LOCAL_API_KEY
-from batch_embedder_local.template import load_template
-from tests.utils import ROOT, fresh, wait_for_batch
-
-EVENTS = ROOT / "events"
-TEMPLATE = load_template()
-#: events file -> the function (logical id in template.yaml) it is the input of.
-FUNCTIONS: dict[str, str] = {
-    **{name: f"{state}Function" for state, name in FILES.items()},
-    "webhook_receiver.json": "WebhookReceiverFunction",
-    "reconcile_batches.json": "ReconcileBatchesFunction",
-    "sweep_reservations.json": "SweepReservationsFunction",
-}
-#: Files that start the workflow rather than a function.
-WORKFLOW_INPUTS = {"group.json", "object_created.json", "object_deleted.json"}
-#: Keys whose contents differ with the run (a metering snapshot's open-ended parts).
-OPAQUE = {"other_requests", "prefix_tokens"}
-#: Keys a replay leaves out (the replay is not an execution: no execution ARN).
-OPTIONAL = {"execution_arn"}
-
-
-def load(name: str) -> Any:
-    return json.loads((EVENTS / name).read_text(encoding="utf-8"))
-
-
-def handler_model(logical: str) -> type[BaseModel]:
-    """The model ``functions/<dir>/app.py`` parses its event with (``step_handler(Model)``)."""
-    code = ROOT / TEMPLATE["Resources"][logical]["Properties"]["CodeUri"] / "app.py"
-    found = re.search(r"step_handler\((\w+)\)", code.read_text(encoding="utf-8"))
-    assert found, f"{code}: no step_handler(Model)"
-    model: type[BaseModel] = (
-        getattr(models, found.group(1), None)
-        or getattr(failure_models, found.group(1), None)
-        or getattr(service_models, found.group(1))
-    )
-    return model
-
-
-def to_upload(event: dict[str, Any]) -> dict[str, Any]:
-    """What the pipe's input template (template.yaml's) makes of an EventBridge S3 event."""
-    pipe = TEMPLATE["Resources"]["UploadPipe"]["Properties"]
-    upload: dict[str, Any] = render_input_template(
-        pipe["TargetParameters"]["InputTemplate"], {"body": json.dumps(event)}
-    )
-    return upload
-
-
-def kind(value: Any) -> str:
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return type(value).__name__
-    return "number" if isinstance(value, int | float) else type(value).__name__
-
-
-def same_shape(recorded: Any, live: Any, path: str = "$") -> None:
-    """Same keys (recursively) and value kinds: the recorded file is what the chain makes."""
-    if isinstance(recorded, dict) and isinstance(live, dict):
-        left = {k for k in recorded if k not in OPTIONAL}
-        right = {k for k in live if k not in OPTIONAL}
-        assert left == right, f"{path}: only recorded {left - right}, only live {right - left}"
-        for k in left - OPAQUE:
-            same_shape(recorded[k], live[k], f"{path}.{k}")
-    elif isinstance(recorded, list) and isinstance(live, list):
-        if recorded and live:
-            same_shape(recorded[0], live[0], f"{path}[0]")
-    else:
-        assert kind(recorded) == kind(live), f"{path}: {recorded!r} vs {live!r}"
-
-
-def invoke(stack: Any, logical: str, event: Any) -> Any:
-    resp = boto3.client("lambda").invoke(
-        FunctionName=stack.refs[logical], Payload=json.dumps(event).encode()
-    )
-    payload = json.loads(resp["Payload"].read())
-    assert "FunctionError" not in resp, payload
-    return payload
+from batch_embedder_local.events import ALL_FILES, ENV_FILE, SCHEDULES
+from tests.utils import (
+    EVENTS,
+    FUNCTIONS,
+    TEMPLATE,
+    WORKFLOW_INPUTS,
+    handler_model,
+    load,
+    to_upload,
+)
 
 
 def test_events_folder_holds_exactly_the_captured_files() -> None:
@@ -204,91 +132,6 @@ def test_record_failure_event_is_an_invalid_document() -> None:
     failure = failure_models.FailureInput.model_validate(load("record_failure.json"))
     assert failure.error is not None and failure.error.error == "InvalidDocumentError"
     assert "docs/empty.txt" in failure.error.cause
-
-
-def test_events_replay_through_their_handlers_in_order(
-    stack: Any, db: Any, monkeypatch: Any
-) -> None:
-    monkeypatch.setenv("SYNC_PREFIXES", "urgent/")  # as PARAMETERS of the capture
-    salt = uuid.uuid4().hex[:12]
-    job_id = f"events-replay-{salt}"
-    recorded = load("chunk_and_estimate.json")
-    uploads = []
-    for upload in recorded["uploads"]:  # the same group, at keys and contents of this run
-        top, name = upload["key"].split("/", 1)
-        key = f"{top}/{salt}/{name}"
-        body = fresh(name, salt) if upload["size"] not in ("0", 0) else b""
-        uploads.append(to_upload(stack.upload(key, body, deliver=False)))
-    sample_key, urgent_key = uploads[0]["key"], uploads[1]["key"]
-    first = {k: v for k, v in recorded.items() if k not in OPTIONAL}
-    live = invoke(
-        stack, "ChunkAndEstimateFunction", {**first, "job_id": job_id, "uploads": uploads}
-    )
-    for state in ("CheckCache", "BudgetCheck", "EmbedSync", "BuildAndUploadJsonl", "CreateBatch"):
-        same_shape(load(FILES[state]), live, FILES[state])
-        live = invoke(stack, f"{state}Function", live)
-    same_shape(load("wait_for_batches.json")["job"], live, "wait_for_batches.json")
-    assert live["embed"]["api"] == "sync+batch" and live["urgent_documents"] == 1
-    assert live["rejected_count"] == 1 and live["create_status"] == "created"
-
-    # WaitForBatches needs a real task token: wait for the batches here instead and build
-    # the outcome as the completer (webhook receiver or reconciler) sends it.
-    client = openai.OpenAI(api_key=LOCAL_API_KEY, base_url=stack.emulator.base_url)
-    refs = []
-    for ref in live["batches"]:
-        batch = wait_for_batch(client, ref["batch_id"])
-        tokens = batch.usage.input_tokens if batch.usage else None
-        refs.append(to_ref(batch).model_copy(update={"billed_tokens": tokens}))
-    outcome = models.BatchesOutcome(status=overall_status([r.status for r in refs]), batches=refs)
-    assert outcome.status == "completed"
-    live = {**live, "outcome": json.loads(outcome.model_dump_json())}  # ResultPath $.outcome
-    same_shape(load("fetch_and_write.json"), live, "fetch_and_write.json")
-    live = invoke(stack, "FetchAndWriteFunction", live)
-    same_shape(load("record_cost.json"), live, "record_cost.json")
-    summary = invoke(stack, "RecordCostFunction", live)
-
-    rows = dict(
-        db.execute(
-            "SELECT source_key, count(*) FROM batch_embedder.chunks "
-            "WHERE source_key = ANY(%s) GROUP BY source_key",
-            ([sample_key, urgent_key],),
-        ).fetchall()
-    )
-    assert rows[sample_key] > 0 and rows[urgent_key] > 0
-    assert summary["vectors_written"] == summary["chunks"] == sum(rows.values())
-    assert summary["job_id"] == job_id and summary["documents"] == 2
-    assert {r["key"]: r["status"] for r in summary["results"]} == {
-        sample_key: "embedded",
-        urgent_key: "embedded",
-        uploads[2]["key"]: "rejected",
-    }
-
-    # The delete-only group's DeleteDocuments, on this run's sample key.
-    delete = load("delete_documents.json") | {"job_id": f"{job_id}-delete", "deletes": [sample_key]}
-    invoke(stack, "DeleteDocumentsFunction", {k: v for k, v in delete.items() if k not in OPTIONAL})
-    left = db.execute(
-        "SELECT count(*) FROM batch_embedder.chunks WHERE source_key = %s", (sample_key,)
-    ).fetchone()
-    assert left == (0,)
-
-
-def test_failure_and_scheduled_events_replay(stack: Any) -> None:
-    failure = invoke(stack, "RecordFailureFunction", load("record_failure.json"))
-    assert failure["failed_state"] == "InvalidDocument"
-    assert "docs/empty.txt" in failure["cause"]
-    reconciled = service_models.ReconcileResult.model_validate(
-        invoke(stack, "ReconcileBatchesFunction", load("reconcile_batches.json"))
-    )
-    assert reconciled.finished <= reconciled.open_batches
-    service_models.SweepResult.model_validate(
-        invoke(stack, "SweepReservationsFunction", load("sweep_reservations.json"))
-    )
-
-
-def test_recorded_webhook_is_refused_on_replay(stack: Any) -> None:
-    """Its signature is over 300 s old (and made with another stack's secret): 400."""
-    answer = invoke(stack, "WebhookReceiverFunction", load("webhook_receiver.json"))
-    assert answer["statusCode"] == 400
 
 
 def test_delete_only_group_is_a_valid_record_cost_input() -> None:

@@ -21,7 +21,6 @@ from batch_embedder.aws.batch_queue import BatchQueueLimits
 from batch_embedder.aws.levels import CONTENTION_WAIT_SECONDS, Acquire, RateLimitWaitTooLong
 from batch_embedder.aws.rate_bucket import TokenBucket
 from batch_embedder.errors import BatchEmbedderError
-from batch_embedder.openai.headers import parse_duration, retry_after_seconds
 from batch_embedder_local.moto_tables import moto_table
 
 #: A realistic epoch (2027-01-15), so Decimal precision is exercised on large numbers.
@@ -68,44 +67,6 @@ def options(table: str, clock: ManualClock, **kwargs: Any) -> dict[str, Any]:
 
 def bucket(table: str, clock: ManualClock, **kwargs: Any) -> TokenBucket:
     return TokenBucket(**options(table, clock, **kwargs))
-
-
-# -- parse_duration ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("20ms", 0.02),
-        ("1s", 1.0),
-        ("6m0s", 360.0),
-        ("1.5s", 1.5),
-        ("1h2m3.5s", 3723.5),
-        ("0s", 0.0),
-        ("500us", 0.0005),
-        ("250µs", 0.00025),
-        ("100ns", 1e-7),
-        ("2m", 120.0),
-        ("2", 2.0),
-        ("0.5", 0.5),
-        (" 7ms ", 0.007),
-    ],
-)
-def test_parse_duration(text: str, seconds: float) -> None:
-    assert parse_duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("text", ["", "s", "abc", "1x", "1s2", "-1s", "-3", "1 s", "nan", "ms"])
-def test_parse_duration_rejects_garbage(text: str) -> None:
-    with pytest.raises(ValueError, match="duration"):
-        parse_duration(text)
-
-
-def test_retry_after_prefers_milliseconds() -> None:
-    assert retry_after_seconds({"Retry-After": "3", "retry-after-ms": "2812"}) == 2.812
-    assert retry_after_seconds({"retry-after": "3"}) == 3.0
-    assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) is None
-    assert retry_after_seconds({}) is None
 
 
 # -- try_acquire / acquire ---------------------------------------------------------------
