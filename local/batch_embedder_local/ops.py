@@ -398,11 +398,9 @@ def search_stack(res: Resources, query: str, *, k: int = 5, prefix: str = "") ->
     parameters (as the functions embed)."""
     import openai
 
-    from batch_embedder.db.connection import connect
-    from batch_embedder.db.vectors import search
     from batch_embedder.settings import Settings
 
-    from .search import _embed
+    from .search import nearest
 
     if not res.database_url_secret or not res.openai_key_secret:
         raise OpsError("the stack has no DatabaseUrlSecret / OpenAIApiKeySecret")
@@ -411,17 +409,7 @@ def search_stack(res: Resources, query: str, *, k: int = 5, prefix: str = "") ->
     key = sm.get_secret_value(SecretId=res.openai_key_secret)["SecretString"]
     settings = Settings(embedding_model=res.model, embedding_dimensions=res.dimensions)
     client = openai.OpenAI(api_key=key, base_url=res.openai_base_url or None)
-    vector = _embed(client, query, settings)
-    with connect(url) as conn:
-        hits: list[Any] = search(
-            conn,
-            vector,
-            model=settings.embedding_model,
-            dimensions=settings.dimensions,
-            k=k,
-            prefix=prefix,
-        )
-        return hits
+    return list(nearest(url, client, query, settings, k=k, prefix=prefix))
 
 
 # -- rendering ----------------------------------------------------------------------

@@ -43,14 +43,27 @@ def search_local(
     )
     url = local_database_url((home or default_home()).resolve())
     if openai_mode == "openai":
-        client = openai.OpenAI()
-        vector = _embed(client, query, settings)
-    else:
-        from .openai_server import EmulatorConfig, OpenAIEmulator
+        return nearest(url, openai.OpenAI(), query, settings, k=k, prefix=prefix)
+    from .openai_server import EmulatorConfig, OpenAIEmulator
 
-        with OpenAIEmulator(config=EmulatorConfig(api_key=LOCAL_API_KEY)) as emulator:
-            client = openai.OpenAI(api_key=LOCAL_API_KEY, base_url=emulator.base_url)
-            vector = _embed(client, query, settings)
+    with OpenAIEmulator(config=EmulatorConfig(api_key=LOCAL_API_KEY)) as emulator:
+        client = openai.OpenAI(api_key=LOCAL_API_KEY, base_url=emulator.base_url)
+        return nearest(url, client, query, settings, k=k, prefix=prefix)
+
+
+def nearest(
+    url: str,
+    client: openai.OpenAI,
+    query: str,
+    settings: Settings,
+    *,
+    k: int = 5,
+    prefix: str = "",
+) -> list[SearchHit]:
+    """Embed ``query`` through ``client`` with the settings' model and dimensions (as the
+    pipeline embeds), then the ``k`` nearest chunks in the database at ``url`` among keys
+    starting with ``prefix``."""
+    vector = _embed(client, query, settings)
     with connect(url) as conn:
         return search(
             conn,
