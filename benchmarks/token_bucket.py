@@ -17,11 +17,13 @@ Usage: ``python benchmarks/token_bucket.py [--ops 2000] [--workers 1,16]``
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import threading
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from common import cpu_model
 
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ops", type=int, default=2000, help="try_acquire calls per run")
     parser.add_argument("--workers", default="1,16", help="thread counts, comma-separated")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     counts = [int(w) for w in args.workers.split(",") if w.strip()]
 
@@ -88,22 +91,41 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[name] = value
     import moto
 
-    print(f"date:    {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}")
-    print(
-        f"machine: {platform.machine()}, {cpu_model()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, moto {moto.__version__} (in-process, "
-        "request lock)"
-    )
-    print(f"ops:     {args.ops} try_acquire calls per run, bucket never empty\n")
-    print(f"{'threads':>7}  {'ops/s':>8}  {'ms/op':>6}  {'granted':>7}  {'conflicts':>9}  per op")
+    runs: list[dict[str, Any]] = []
     with moto_table("UsageTable", TABLE):
         run(1, 50)  # warm up boto3 and moto
         for workers in counts:
             seconds, granted, conflicts = run(workers, args.ops)
-            print(
-                f"{workers:>7}  {granted / seconds:>8.0f}  {1000 * seconds / args.ops:>6.2f}  "
-                f"{granted:>7}  {conflicts:>9}  {conflicts / args.ops:.2f}"
+            runs.append(
+                {
+                    "threads": workers,
+                    "ops_per_second": round(granted / seconds, 1),
+                    "ms_per_op": round(1000 * seconds / args.ops, 3),
+                    "granted": granted,
+                    "conflicts": conflicts,
+                    "conflicts_per_op": round(conflicts / args.ops, 3),
+                }
             )
+    figures = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, moto {moto.__version__} (in-process, "
+        "request lock)",
+        "ops": args.ops,
+        "runs": runs,
+    }
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return 0
+    print(f"date:    {figures['date']}")
+    print(f"machine: {figures['machine']}")
+    print(f"ops:     {args.ops} try_acquire calls per run, bucket never empty\n")
+    print(f"{'threads':>7}  {'ops/s':>8}  {'ms/op':>6}  {'granted':>7}  {'conflicts':>9}  per op")
+    for r in runs:
+        print(
+            f"{r['threads']:>7}  {r['ops_per_second']:>8.0f}  {r['ms_per_op']:>6.2f}  "
+            f"{r['granted']:>7}  {r['conflicts']:>9}  {r['conflicts_per_op']:.2f}"
+        )
     return 0
 
 
