@@ -143,10 +143,15 @@ def _print_table(results: list[ExecutionResult], totals: dict[str, Any], seconds
         f"{totals['failed']} execution(s) failed"
     )
     saved = totals["naive_cost_usd"] - totals["total_cost_usd"]
+    naive = (
+        f"a naive run (synchronous API, no cache) ${totals['naive_cost_usd']:.6f}: saved "
+        f"${saved:.6f}"
+        if totals["naive_cost_usd"]
+        else "the model's tokens are free (a local model)"
+    )
     print(
         f"paid ${totals['total_cost_usd']:.6f} (OpenAI ${totals['cost_usd']:.6f} + AWS "
-        f"${totals['aws_cost_usd']:.6f}); a naive run (synchronous API, no cache) "
-        f"${totals['naive_cost_usd']:.6f}: saved ${saved:.6f}; cache hits "
+        f"${totals['aws_cost_usd']:.6f}); {naive}; cache hits "
         f"{totals['cache_hits']} chunks ({totals['tokens_saved']} tokens); {seconds:.1f} s"
     )
 
@@ -176,11 +181,41 @@ class _Progress:
         )
 
 
-def _open_stack(args: argparse.Namespace, home: Path) -> LocalStack:
+#: ``local ingest --vectors semantic`` (the default with the emulator): the local model,
+#: all-MiniLM-L6-v2, and chunks that fit its 256-word-piece window (``local_model.py``).
+SEMANTIC_PARAMETERS = {
+    "EmbeddingModel": "local-minilm",
+    "EmbeddingDimensions": "0",
+    "ChunkTokens": "200",
+    "ChunkOverlapTokens": "32",
+}
+
+
+def _ingest_params(args: argparse.Namespace) -> dict[str, str]:
+    """Template parameters of ``local ingest``: ``--vectors``, then ``--param`` (wins)."""
+    params: dict[str, str] = {}
+    if args.openai == "emulator" and args.vectors == "semantic":
+        from batch_embedder import local_model
+
+        if local_model.is_installed():
+            params.update(SEMANTIC_PARAMETERS)
+        else:
+            print(
+                "batch-embedder: the local model is not installed (pip install "
+                "'batch-embedder[local-model]'); using hashed vectors",
+                file=sys.stderr,
+            )
+    params.update(_parse_params(args.param))
+    return params
+
+
+def _open_stack(
+    args: argparse.Namespace, home: Path, params: dict[str, str] | None = None
+) -> LocalStack:
     """The local stack with the command's ``--param``, ``--openai`` and ``--emulator``."""
     return LocalStack(
         home,
-        parameters=_parse_params(args.param),
+        parameters=_parse_params(args.param) if params is None else params,
         openai=args.openai,
         emulator_config=_parse_emulator(args.emulator),
         log_file=home / "lambda.log",
@@ -194,7 +229,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         raise SystemExit("batch-embedder: no files to ingest")
     home = Path(args.home) if args.home else default_home()
     started = time.monotonic()
-    with _open_stack(args, home) as stack:
+    with _open_stack(args, home, _ingest_params(args)) as stack:
         events = [stack.upload(key, path.read_bytes()) for key, path in files]
         delivered = [e for e in events if stack.starts_execution(e["detail"]["object"]["key"])]
         print(
@@ -466,6 +501,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["emulator", "openai"],
         default="emulator",
         help="emulator (default) or the real API with OPENAI_API_KEY",
+    )
+    ingest.add_argument(
+        "--vectors",
+        choices=["semantic", "hashed"],
+        default="semantic",
+        help="with the emulator: semantic (default; the local model local-minilm, "
+        "all-MiniLM-L6-v2, 200-token chunks) or hashed (the emulator's fast feature-hashed "
+        "stand-ins for OpenAI's models, as the tests use)",
     )
     ingest.add_argument(
         "--param",

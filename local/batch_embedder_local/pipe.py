@@ -21,6 +21,7 @@ Every SQS request the rule and the pipe make is counted with the library's meter
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -227,6 +228,8 @@ class FunctionUrl:
 
     def start(self) -> FunctionUrl:
         """Serve in a daemon thread."""
+        # werkzeug logs every request at INFO; the webhook's outcome is in the results.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self._server = make_server("127.0.0.1", 0, self._app, threaded=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

@@ -8,8 +8,10 @@ from typing import Any
 
 import numpy as np
 import openai
+from psycopg import sql
 
 from batch_embedder.db.connection import connect
+from batch_embedder.db.schema import SCHEMA
 from batch_embedder.db.vectors import SearchHit, search
 from batch_embedder.openai.files import decode_embedding
 from batch_embedder.settings import Settings, request_dimensions
@@ -31,17 +33,19 @@ def search_local(
     """The ``k`` chunks nearest to ``query`` in the local pgvector index, among keys
     starting with ``prefix``.
 
-    Model and dimensions are the template's defaults unless ``EMBEDDING_MODEL`` /
-    ``EMBEDDING_DIMENSIONS`` are set, as for ingest.
+    The query is embedded with the model of the rows it searches: ``EMBEDDING_MODEL`` /
+    ``EMBEDDING_DIMENSIONS`` when set, else the (model, dimensions) that holds the most
+    rows of the index (``local-minilm`` after a default ``local ingest``), else the
+    template's defaults.
     """
-    params = parameter_defaults(load_template())
-    settings = Settings(
-        embedding_model=os.environ.get("EMBEDDING_MODEL", params["EmbeddingModel"]),
-        embedding_dimensions=int(
-            os.environ.get("EMBEDDING_DIMENSIONS", params["EmbeddingDimensions"])
-        ),
-    )
     url = local_database_url((home or default_home()).resolve())
+    params = parameter_defaults(load_template())
+    model = os.environ.get("EMBEDDING_MODEL", "")
+    dimensions = int(os.environ.get("EMBEDDING_DIMENSIONS", "0"))
+    if not model:
+        indexed = indexed_models(url)
+        model, dimensions = indexed[0][:2] if indexed else (params["EmbeddingModel"], 0)
+    settings = Settings(embedding_model=model, embedding_dimensions=dimensions)
     if openai_mode == "openai":
         return nearest(url, openai.OpenAI(), query, settings, k=k, prefix=prefix)
     from .openai_server import EmulatorConfig, OpenAIEmulator
@@ -49,6 +53,18 @@ def search_local(
     with OpenAIEmulator(config=EmulatorConfig(api_key=LOCAL_API_KEY)) as emulator:
         client = openai.OpenAI(api_key=LOCAL_API_KEY, base_url=emulator.base_url)
         return nearest(url, client, query, settings, k=k, prefix=prefix)
+
+
+def indexed_models(url: str) -> list[tuple[str, int, int]]:
+    """``(model, dimensions, rows)`` of every model in the index, most rows first."""
+    with connect(url) as conn:
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT model, dimensions, count(*) FROM {}.chunks "
+                "GROUP BY model, dimensions ORDER BY count(*) DESC, model"
+            ).format(sql.Identifier(SCHEMA))
+        ).fetchall()
+    return [(str(m), int(str(d)), int(str(n))) for m, d, n in rows]
 
 
 def nearest(

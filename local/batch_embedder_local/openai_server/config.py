@@ -18,6 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 __all__ = ["EmulatorConfig"]
 
 MB = 1024 * 1024
+#: Azure OpenAI data-plane API versions accepted by default: the GA ones with embeddings,
+#: files and batches (2024-10-21 is the first GA version with the Batch API) and recent
+#: previews (https://learn.microsoft.com/azure/ai-foundry/openai/api-version-lifecycle).
+AZURE_API_VERSIONS = (
+    "2024-02-01",
+    "2024-06-01",
+    "2024-10-21",
+    "2024-12-01-preview",
+    "2025-01-01-preview",
+    "2025-03-01-preview",
+    "2025-04-01-preview",
+)
 
 
 class EmulatorConfig(BaseModel):
@@ -61,6 +73,10 @@ class EmulatorConfig(BaseModel):
     Webhooks: https://platform.openai.com/docs/guides/webhooks,
     https://www.standardwebhooks.com/). The ``webhook_*`` switches inject the faults a
     receiver must survive: drops, duplicates, delays, reordering, forged signatures, errors.
+
+    Azure OpenAI: the same service is served under ``/openai/...`` with Azure's URL shapes,
+    ``api-version`` query and ``api-key`` header (``azure_deployments``,
+    ``azure_api_versions``; see :mod:`.app`).
 
     A batch keeps the config it was created with (timings, outcome, patterns, shuffle);
     the synchronous endpoint and the webhook sender read the current config when they act.
@@ -244,6 +260,19 @@ class EmulatorConfig(BaseModel):
         description="Attempts per delivery; non-2xx answers and connection errors are retried "
         "after a short backoff (0.05 s doubling, at most 1 s). OpenAI itself retries with "
         "exponential backoff for up to 72 hours.",
+    )
+
+    # --- Azure OpenAI (routes under /openai/..., see app.py) ------------------------------
+    azure_deployments: dict[str, str] = Field(
+        default_factory=dict,
+        description="Azure deployment name -> the model it serves (used for "
+        "/openai/deployments/{deployment}/embeddings and the model of Azure batch lines); a "
+        "deployment not listed serves the model of the same name.",
+    )
+    azure_api_versions: list[str] = Field(
+        default_factory=lambda: list(AZURE_API_VERSIONS),
+        description="api-version values the Azure routes accept; a missing one gets 404 "
+        "'Resource not found', another one 400 'API version not supported'.",
     )
 
     @model_validator(mode="after")

@@ -12,14 +12,17 @@ The vectors are the emulator's feature-hashing stand-ins (:mod:`.embeddings`), N
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+from openai.types import CreateEmbeddingResponse, Embedding
+from openai.types.create_embedding_response import Usage
 
 from batch_embedder.tokenizer import get_encoding
 
 from .config import EmulatorConfig
-from .embeddings import MODELS, ModelInfo, embed_texts, float_list_json
+from .embeddings import MODELS, ModelInfo, embed_texts
 from .errors import APIError, invalid_input, model_not_found
 
 __all__ = ["EmbeddingRequest", "parse_embedding_body", "render_embedding_response"]
@@ -54,9 +57,12 @@ class EmbeddingRequest:
         return sum(self.token_counts)
 
     def count_tokens(self) -> list[int]:
-        """Count cl100k_base tokens per input (``encode_ordinary``: special tokens as text)."""
+        """Count tokens per input: the model's ``count_tokens`` if it has one, else
+        cl100k_base (``encode_ordinary``: special tokens as text)."""
         if self.token_inputs is not None:
             self.token_counts = [len(t) for t in self.token_inputs]
+        elif self.model.count_tokens is not None:
+            self.token_counts = list(self.model.count_tokens(self.texts))
         else:
             enc = get_encoding()
             if len(self.texts) == 1:
@@ -67,11 +73,12 @@ class EmbeddingRequest:
 
     def check_token_limits(self, config: EmulatorConfig) -> None:
         """Raise the 400 OpenAI gives when an input or the whole request has too many tokens."""
+        limit = min(config.max_tokens_per_input, self.model.max_input_tokens)
         for i, n in enumerate(self.token_counts):
-            if n > config.max_tokens_per_input:
+            if n > limit:
                 raise APIError(
                     400,
-                    f"This model's maximum context length is {config.max_tokens_per_input} "
+                    f"This model's maximum context length is {limit} "
                     f"tokens, however you requested {n} tokens ({n} in your prompt; 0 for the "
                     "completion). Please reduce your prompt; or completion length.",
                     param=f"input[{i}]" if len(self.token_counts) > 1 else "input",
@@ -209,22 +216,36 @@ def parse_embedding_body(body: Any, config: EmulatorConfig) -> EmbeddingRequest:
 def render_embedding_response(req: EmbeddingRequest) -> str:
     """The JSON text of the embeddings response (computes the vectors).
 
-    Built as text rather than through ``json.dumps`` of floats: each float is written with
-    9 significant digits, enough to round-trip float32 exactly and ~40% shorter than
-    Python's float repr. ``base64`` is the little-endian float32 bytes, as OpenAI sends.
+    Shape: ``openai.types.CreateEmbeddingResponse`` (validated for ``float``). Floats are the
+    float32 values written as the shortest float64 text that reads back to them, so
+    parsing and casting to float32 gives the same bits as ``base64``, which is the
+    little-endian float32 bytes, as OpenAI sends (the SDK's ``List[float]`` type holds the
+    string until the SDK decodes it, so that response is built unvalidated).
     """
     vectors = embed_texts(req.texts, req.dimensions, req.model.name)
-    parts = []
-    for i, vec in enumerate(vectors):
-        if req.encoding_format == "base64":
-            emb = '"' + base64.b64encode(vec.astype("<f4").tobytes()).decode("ascii") + '"'
-        else:
-            emb = float_list_json(vec)
-        parts.append(f'{{"object":"embedding","index":{i},"embedding":{emb}}}')
     total = req.total_tokens
-    return (
-        '{"object":"list","data":['
-        + ",".join(parts)
-        + f'],"model":{json.dumps(req.model.name)},'
-        + f'"usage":{{"prompt_tokens":{total},"total_tokens":{total}}}}}'
+    usage = Usage(prompt_tokens=total, total_tokens=total)
+    if req.encoding_format == "base64":
+        encoded: list[Any] = [
+            base64.b64encode(vec.astype("<f4").tobytes()).decode("ascii") for vec in vectors
+        ]
+        data = [
+            Embedding.model_construct(embedding=text, index=i, object="embedding")
+            for i, text in enumerate(encoded)
+        ]
+        body = CreateEmbeddingResponse.model_construct(
+            data=data, model=req.model.name, object="list", usage=usage
+        )
+        return body.model_dump_json(warnings=False)
+    rows = vectors.astype(np.float64).tolist()
+    response = CreateEmbeddingResponse.model_validate(
+        {
+            "data": [
+                {"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)
+            ],
+            "model": req.model.name,
+            "object": "list",
+            "usage": usage,
+        }
     )
+    return response.model_dump_json()

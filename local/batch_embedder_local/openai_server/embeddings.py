@@ -35,33 +35,93 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MODELS", "ModelInfo", "embed_text", "embed_texts"]
+__all__ = ["MODELS", "ModelInfo", "embed_text", "embed_texts", "register_model"]
+
+
+#: ``texts, dimensions -> float32 array (len(texts), dimensions)``, rows L2-normalised.
+EmbedFn = Callable[[Sequence[str], int], npt.NDArray[np.float32]]
+#: ``texts -> tokens per text`` (the figure billed and rate-limited).
+CountFn = Callable[[Sequence[str]], list[int]]
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the emulator knows about one embedding model.
+    """What the emulator knows about one embedding model (one entry of :data:`MODELS`).
 
     Attributes:
         name: the model id as sent in ``model``.
         native_dimensions: length of the full vector (floats).
         supports_dimensions: whether the request may pass ``dimensions`` (only
             ``text-embedding-3-*`` and later, per the OpenAI API reference).
-        max_input_tokens: per-input limit in cl100k_base tokens (8,192 for all three).
+        max_input_tokens: per-input limit in tokens (8,192 for OpenAI's three).
+        embed: the backend, ``(texts, dimensions) -> float32 (n, dimensions)``; None = the
+            feature-hashing stand-in of this module (keyed by ``name``).
+        count_tokens: tokens per text, ``texts -> list[int]``; None = cl100k_base
+            (``encode_ordinary``), as OpenAI's embedding models count.
+        created: Unix seconds shown by ``GET /v1/models``.
+        owned_by: owner shown by ``GET /v1/models``.
     """
 
     name: str
     native_dimensions: int
     supports_dimensions: bool
     max_input_tokens: int = 8192
+    embed: EmbedFn | None = None
+    count_tokens: CountFn | None = None
+    created: int = 0
+    owned_by: str = "system"
 
 
-#: Embedding models the emulator serves (reference file, "Native dimensions").
+#: Embedding models the emulator serves, by name (reference ``docs/openai-limits.md``,
+#: "Native dimensions"; ``created`` as OpenAI's ``GET /v1/models`` lists them). Add one
+#: with :func:`register_model`.
 MODELS: dict[str, ModelInfo] = {
-    "text-embedding-3-small": ModelInfo("text-embedding-3-small", 1536, True),
-    "text-embedding-3-large": ModelInfo("text-embedding-3-large", 3072, True),
-    "text-embedding-ada-002": ModelInfo("text-embedding-ada-002", 1536, False),
+    "text-embedding-3-small": ModelInfo("text-embedding-3-small", 1536, True, created=1705948997),
+    "text-embedding-3-large": ModelInfo("text-embedding-3-large", 3072, True, created=1705953180),
+    "text-embedding-ada-002": ModelInfo("text-embedding-ada-002", 1536, False, created=1671217299),
 }
+
+
+def register_model(
+    name: str,
+    native_dimensions: int,
+    embed: EmbedFn,
+    count_tokens: CountFn | None = None,
+    *,
+    supports_dimensions: bool = False,
+    max_input_tokens: int = 8192,
+) -> ModelInfo:
+    """Serve another embedding model under ``name`` (``/v1/embeddings``, batches, models).
+
+    One line registers a local model, e.g.
+    ``register_model("local-minilm", 384, minilm.embed, minilm.count_tokens)``. Requests
+    for it then go through the same limits, rate limits and usage counts as OpenAI's.
+
+    Args:
+        name: the ``model`` id clients send.
+        native_dimensions: floats per vector.
+        embed: ``(texts, dimensions) -> float32 array (len(texts), dimensions)``, each row
+            L2-normalised; ``dimensions`` is ``native_dimensions`` unless
+            ``supports_dimensions``.
+        count_tokens: tokens per text (billed, rate-limited, checked against
+            ``max_input_tokens``); None = cl100k_base.
+        supports_dimensions: whether requests may pass ``dimensions``.
+        max_input_tokens: per-input token limit of the model.
+
+    Returns:
+        The registered entry (replacing any earlier one of that name).
+    """
+    info = ModelInfo(
+        name,
+        native_dimensions,
+        supports_dimensions,
+        max_input_tokens,
+        embed=embed,
+        count_tokens=count_tokens,
+    )
+    MODELS[name] = info
+    return info
+
 
 _WORD_RE = re.compile(r"\w+")
 # splitmix64 constants, used to derive bigram hashes from the two word hashes in numpy.
@@ -150,16 +210,17 @@ def embed_text(text: str, dimensions: int, model: str) -> npt.NDArray[np.float32
 
 
 def embed_texts(texts: Sequence[str], dimensions: int, model: str) -> npt.NDArray[np.float32]:
-    """Embed ``texts`` deterministically (feature hashing; NOT OpenAI's vectors).
+    """Embed ``texts`` with the model's backend: registered, or feature hashing (NOT OpenAI's).
 
     Args:
         texts: the inputs; any string, including empty or punctuation-only ones.
         dimensions: number of floats per vector, 1..native dimensions of ``model``. Fewer
             than native means "compute native, truncate, renormalise" (Matryoshka-like,
             as ``text-embedding-3`` does).
-        model: an id from :data:`MODELS`; it seeds the hash, so each model gives its own
-            vectors. Unknown names are accepted here (native size 1536); the HTTP layer
-            is what answers 404 for them.
+        model: an id from :data:`MODELS`; a model registered with a backend
+            (:func:`register_model`) is embedded by it, the others by feature hashing
+            seeded by the name, so each model gives its own vectors. Unknown names are
+            accepted here (hashed, native size 1536); the HTTP layer answers 404 for them.
 
     Returns:
         float32 array of shape ``(len(texts), dimensions)``; every row has L2 norm 1.
@@ -171,6 +232,8 @@ def embed_texts(texts: Sequence[str], dimensions: int, model: str) -> npt.NDArra
     native = info.native_dimensions if info else 1536
     if not 1 <= dimensions <= native:
         raise ValueError(f"dimensions must be between 1 and {native} for {model}")
+    if info is not None and info.embed is not None:
+        return info.embed(texts, dimensions)
     out = np.empty((len(texts), dimensions), dtype=np.float32)
     for row, text in enumerate(texts):
         vec = _normalise(_native_vector(text, model, native))
@@ -180,11 +243,31 @@ def embed_texts(texts: Sequence[str], dimensions: int, model: str) -> npt.NDArra
     return out
 
 
-def float_list_json(vec: npt.NDArray[np.float32]) -> str:
-    """JSON array text for one vector, 9 significant digits per float.
+def register_local_model() -> bool:
+    """Serve ``local-minilm`` (all-MiniLM-L6-v2, :mod:`batch_embedder.local_model`): real
+    semantic vectors, 384 dimensions, billed in word pieces.
 
-    Nine significant digits always round-trip a float32, so parsing the JSON and casting
-    back to float32 gives the same bits as the ``base64`` encoding.
+    Registered only when the ``local-model`` extra is installed; the model loads on its
+    first request (about 0.5 s). Inputs longer than the model's 256 word pieces are cut,
+    as sentence-transformers does (the model card:
+    https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2).
+
+    Returns:
+        Whether the model is served.
     """
-    fmt = "{:.9g}".format
-    return "[" + ",".join(map(fmt, vec.tolist())) + "]"
+    from batch_embedder import local_model
+
+    if not local_model.is_installed():
+        return False
+
+    def embed(texts: Sequence[str], dimensions: int) -> npt.NDArray[np.float32]:
+        return local_model.get_local_model().embed(texts, dimensions)
+
+    def count(texts: Sequence[str]) -> list[int]:
+        return local_model.get_local_model().count_tokens(texts)
+
+    register_model(local_model.MODEL_NAME, local_model.DIMENSIONS, embed, count)
+    return True
+
+
+register_local_model()

@@ -13,7 +13,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["APIError", "error_body", "new_id"]
+from openai.types.shared import ErrorObject
+
+__all__ = ["APIError", "AzureError", "error_body", "new_id"]
 
 
 def new_id(prefix: str) -> str:
@@ -24,8 +26,12 @@ def new_id(prefix: str) -> str:
 def error_body(
     message: str, type_: str = "invalid_request_error", param: str | None = None, code: Any = None
 ) -> dict[str, Any]:
-    """The JSON object OpenAI sends with every non-2xx response."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    """The JSON object OpenAI sends with every non-2xx response:
+    ``{"error": {"message", "type", "param", "code"}}`` (``openai.types.shared.ErrorObject``,
+    without the fields OpenAI does not send on these endpoints)."""
+    error = ErrorObject.model_construct(message=message, type=type_, param=param, code=code)
+    dumped = error.model_dump()
+    return {"error": {key: dumped[key] for key in ("message", "type", "param", "code")}}
 
 
 class APIError(Exception):
@@ -54,7 +60,21 @@ class APIError(Exception):
         return error_body(self.message, self.type, self.param, self.code)
 
     def body_bytes(self) -> bytes:
+        """:meth:`body` as JSON bytes."""
         return json.dumps(self.body()).encode("utf-8")
+
+
+class AzureError(APIError):
+    """An Azure OpenAI-style error answer: ``{"error": {"code": ..., "message": ...}}``.
+
+    Azure's gateway answers some requests (unknown ``api-version``, unknown deployment,
+    wrong key) before they reach the OpenAI-shaped service, with this shorter shape
+    (https://learn.microsoft.com/azure/ai-foundry/openai/reference).
+    """
+
+    def body(self) -> dict[str, Any]:
+        """The ``{"error": {"code", "message"}}`` object."""
+        return {"error": {"code": self.code, "message": self.message}}
 
 
 def model_not_found(model: str) -> APIError:

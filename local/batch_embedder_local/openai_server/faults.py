@@ -26,12 +26,11 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .config import EmulatorConfig
 from .errors import APIError, invalid_value
-from .multipart import Part
 from .ratelimit import format_duration, retry_after_headers
 from .stats import Stats
 
@@ -105,7 +104,7 @@ class Faults:
             config: the current config.
             model: the requested model name (for the 429 message).
             take_fault: consumes one unit of a ``fail_next_requests_*`` counter; True if
-                one was left (``OpenAIEmulator._take_fault``).
+                one was left (``OpenAIEmulator.take_fault``).
 
         Raises:
             APIError: 429 ``insufficient_quota``, 429 ``rate_limit_exceeded`` or 500.
@@ -213,15 +212,16 @@ def parse_expires_after(value: Any, param: str, config: EmulatorConfig) -> int |
     return raw
 
 
-def form_expires_after(parts: dict[str, Part], config: EmulatorConfig) -> int | None:
+def form_expires_after(form: Mapping[str, Any], config: EmulatorConfig) -> int | None:
     """Seconds of the ``expires_after`` of a ``POST /v1/files`` form, or None if absent.
 
     The openai SDK sends the object as the form fields ``expires_after[anchor]`` and
-    ``expires_after[seconds]``; checked by :func:`parse_expires_after`.
+    ``expires_after[seconds]`` (``form``: field name -> value, as Starlette's
+    ``request.form()`` gives them); checked by :func:`parse_expires_after`.
     """
     fields = {
-        key: parts[name].value.decode("utf-8", "replace").strip()
+        key: str(form[name]).strip()
         for key in ("anchor", "seconds")
-        if (name := f"expires_after[{key}]") in parts
+        if (name := f"expires_after[{key}]") in form
     }
     return parse_expires_after(fields or None, "expires_after", config)

@@ -20,7 +20,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
+
+from openai.types import FileObject
 
 from .errors import new_id
 
@@ -44,8 +46,10 @@ class StoredFile:
     path: Path
     expires_at: int | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    def to_model(self) -> FileObject:
+        """The ``openai.types.FileObject`` served for this file (validated; a purpose the
+        SDK's literal does not list yet, such as ``evals``, is kept as sent)."""
+        fields: dict[str, Any] = {
             "id": self.id,
             "object": "file",
             "bytes": self.bytes,
@@ -56,6 +60,13 @@ class StoredFile:
             "status": "processed",
             "status_details": None,
         }
+        if self.purpose in get_args(FileObject.model_fields["purpose"].annotation):
+            return FileObject.model_validate(fields)
+        return FileObject.model_construct(**fields)
+
+    def to_json(self) -> dict[str, Any]:
+        """:meth:`to_model` as a JSON-ready dict."""
+        return self.to_model().model_dump(mode="json", warnings=False)
 
 
 class FileStore:
