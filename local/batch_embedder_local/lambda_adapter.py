@@ -281,6 +281,9 @@ class LambdaAdapter:
                 response_headers["x-amz-function-error"] = "Unhandled"
             return result
 
+        # inspect.signature follows __wrapped__: check_moto_hooks sees moto's own method
+        # even while a stack is installed.
+        invoke.__wrapped__ = self._original  # type: ignore[attr-defined]
         LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign,assignment]
 
     def uninstall(self) -> None:

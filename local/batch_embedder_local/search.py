@@ -13,8 +13,9 @@ from psycopg import sql
 from batch_embedder.db.connection import connect
 from batch_embedder.db.schema import SCHEMA
 from batch_embedder.db.vectors import SearchHit, search
+from batch_embedder.openai.client import request_dimensions_for, request_model
 from batch_embedder.openai.files import decode_embedding
-from batch_embedder.settings import Settings, request_dimensions
+from batch_embedder.settings import Settings
 
 from .postgres import local_database_url
 from .stack import LOCAL_API_KEY, default_home
@@ -92,9 +93,12 @@ def nearest(
 
 
 def _embed(client: openai.OpenAI, text: str, settings: Settings) -> np.ndarray[Any, Any]:
-    dims = request_dimensions(settings.embedding_model, settings.dimensions)
+    """The query's vector, asked as the pipeline asks (the provider's model name, e.g. an
+    Azure deployment, and its ``dimensions``)."""
+    model = settings.embedding_model
+    dims = request_dimensions_for(settings, model, settings.dimensions)
     response = client.embeddings.create(
-        model=settings.embedding_model,
+        model=request_model(settings, model),
         input=[text],
         encoding_format="base64",
         dimensions=dims if dims else openai.omit,

@@ -23,6 +23,7 @@ ALARMS = {
     "BudgetAlarm",
     "ReconcilerErrorsAlarm",
     "WebhookSignatureAlarm",
+    "ProviderDegradedAlarm",
 }
 
 
@@ -206,3 +207,16 @@ def test_migration_custom_resource_migrates_and_answers(
     monkeypatch.setattr(app, "ANSWER_MARGIN_SECONDS", 119)  # no time left to retry
     app.lambda_handler({**event, "RequestType": "Create"}, _Context())
     assert _Answers.received[-1]["Status"] == "FAILED"
+
+
+def test_the_where_things_live_map_matches_the_tree(tmp_path: Path) -> None:
+    check = [sys.executable, "scripts/where_things_live.py", "--check"]
+    doc = ROOT / "docs" / "architecture.md"
+    proc = subprocess.run([*check, str(doc)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+    # A module the map does not list makes it stale.
+    stale = tmp_path / "architecture.md"
+    text = doc.read_text(encoding="utf-8")
+    stale.write_text(text.replace("| `layers/batch_embedder/batch_embedder/handler.py` |", "|"))
+    proc = subprocess.run([*check, str(stale)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1 and "stale" in proc.stdout

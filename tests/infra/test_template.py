@@ -135,7 +135,8 @@ def test_functions_have_least_privilege_policies() -> None:
     # Only the functions that talk to Postgres (the content store) read the database
     # secret, and each of them runs in the VPC when one is given.
     readers = {n for n, fn in functions.items() if "DatabaseUrlSecret" in json.dumps(fn)}
-    assert readers == {"CheckCacheFunction", "FetchAndWriteFunction", "DeleteDocumentsFunction",
+    assert readers == {"ChunkAndEstimateFunction", "CheckCacheFunction", "FetchAndWriteFunction",
+                       "DeleteDocumentsFunction",
                        "RecordFailureFunction", "EmbedSyncFunction", "SweepReservationsFunction",
                        "ReconcileBatchesFunction", "MigrateDatabaseFunction"}  # fmt: skip
     for name in readers:

@@ -18,7 +18,7 @@ import pytest
 from batch_embedder.aws import budget
 from batch_embedder.openai.pricing import price_for
 from batch_embedder.tokenizer import count_tokens
-from tests.utils import SAMPLES, brief, fresh, ledger, usd
+from tests.utils import SAMPLES, fresh, ledger, usd
 
 pytestmark = pytest.mark.integration
 
@@ -132,10 +132,12 @@ def test_same_file_twice_leaves_the_same_rows(
     out = again.output
     assert out["vectors_written"] == 0  # an identical re-upload rewrites nothing
     assert out["billed_tokens"] == 0 and out["api"] == "none" and out["batches"] == 0
-    assert out["cache_hits"] == len(before) and out["cost_usd"] == 0
-    assert brief(again.document(key)) == {"key": key, "status": "embedded", "chunks": len(before)}
-    # Nothing to embed: straight from HowToEmbed to FetchAndWrite, no batch.
-    assert again.states == [*START, "FetchAndWrite", "AnyPending", "RecordCost", "Embedded"]
+    # Unchanged: neither decoded nor chunked, no cache lookup, no budget, no batch.
+    assert out["cache_hits"] == 0 and out["cost_usd"] == 0
+    assert again.document(key)["status"] == "unchanged"
+    assert "CheckCache" not in again.states and "BudgetCheck" not in again.states
+    assert again.states[:2] == ["ReadGroup", "ChunkAndEstimate"]
+    assert again.states[-2:] == ["RecordCost", "Embedded"]
 
 
 def test_budget_exceeded_sends_nothing_and_reserves_nothing(
@@ -274,8 +276,8 @@ def test_search_finds_the_document_a_sentence_was_taken_from(
 def test_full_batch_queue_waits_instead_of_failing(
     stack: Any, monkeypatch: Any, emulator: Any
 ) -> None:
+    from batch_embedder.aws.limiters import batch_queue
     from batch_embedder.settings import Settings
-    from batch_embedder.steps.batch import batch_queue
 
     # Room for one of the two groups at a time: the second waits in WaitForBatchQueue.
     monkeypatch.setenv("BATCH_ENQUEUED_TOKEN_CAP", "12000")

@@ -74,14 +74,18 @@ def test_429s_and_lower_remaining_slow_the_bucket_and_the_run_completes(
 
 def test_5xx_is_retried_and_insufficient_quota_is_not(stack: Any, emulator: Any) -> None:
     emulator.update_config(fail_next_requests_5xx=2)
+    before = emulator.stats()
     ok = embed_sync(client(emulator), rows(5), model=MODEL, dimensions=256, bucket=None,
                     max_wait_seconds=5, sleep=lambda s: None)  # fmt: skip
     assert ok.retries == 2 and ok.vectors[0].shape == (256,)
+    assert emulator.stats()["server_errors"] - before["server_errors"] == 2
     emulator.update_config(insufficient_quota=True)
+    before = emulator.stats()
     with pytest.raises(QuotaExhaustedError):
         embed_sync(client(emulator), rows(5), model=MODEL, dimensions=None, bucket=None,
                    max_wait_seconds=5, sleep=lambda s: None)  # fmt: skip
-    assert emulator.stats()["rate_limited"] >= 1
+    # Asked once and never again: an empty quota is not waited out.
+    assert emulator.stats()["api_requests"] - before["api_requests"] == 1
 
 
 def test_an_urgent_group_under_429s_waits_them_out_and_completes(

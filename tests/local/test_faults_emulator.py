@@ -3,8 +3,8 @@
 Outage (``outage_seconds``), random 429 / 5xx (``error_rate_*``), the ``cancelled`` batch
 outcome, file expiry (``expires_after`` / ``output_expires_after``), a revoked key; plus
 the ``--emulator`` CLI switches and the Lambda adapter's injected failures
-(``crash_after`` / ``fail_before``). Fixtures and helpers come from
-``test_openai_server.py`` (same emulator settings); the SDK is never patched.
+(``crash_after`` / ``fail_before``). Fixtures come from
+``tests/local/conftest.py``, helpers from ``tests/emulator.py``; the SDK is never patched.
 """
 
 from __future__ import annotations
@@ -23,22 +23,19 @@ from batch_embedder_local.cli import _parse_emulator
 from batch_embedder_local.lambda_adapter import LambdaAdapter, LocalFunction
 from batch_embedder_local.openai_server import EmulatorConfig, OpenAIEmulator
 from batch_embedder_local.openai_server.server import build_parser, config_from_args
-from tests.local import test_openai_server as base
-from tests.local.test_webhooks import Receiver
+from tests.emulator import (
+    API_KEY,
+    MODEL,
+    Receiver,
+    jsonl,
+    read_lines,
+    request_line,
+    submit,
+    wait_batch,
+)
 
-API_KEY = base.API_KEY
-MODEL = base.MODEL
-_jsonl = base._jsonl
-_read_lines = base._read_lines
-_request = base._request
-_submit = base._submit
-_wait_batch = base._wait_batch
-
-# The fixtures of test_openai_server.py (module-scoped emulator, reset after each test).
-emu = base.emu
-_fresh = base._fresh
-client = base.client
-admin = base.admin
+# The emulator of tests/local/conftest.py (module-scoped), put back after each test.
+pytestmark = pytest.mark.usefixtures("reset_emulator")
 
 
 def _stats(admin: openai.OpenAI) -> dict[str, Any]:
@@ -111,7 +108,7 @@ def test_batches_progress_during_an_outage_and_webhooks_wait(
     receiver.thread.start()
     try:
         emu.update_config(webhook_url=receiver.url)
-        batch = _submit(client, [_request(f"r{i}", f"text {i}") for i in range(4)])
+        batch = submit(client, [request_line(f"r{i}", f"text {i}") for i in range(4)])
         emu.update_config(outage_seconds=1.5)
         record = emu.batches.get(batch.id) if emu.batches else None
         assert record is not None
@@ -196,14 +193,14 @@ def test_error_rates_are_seeded_and_failures_bill_nothing(
 
 def test_cancelled_outcome(client: openai.OpenAI, emu: OpenAIEmulator) -> None:
     emu.update_config(batch_outcome="cancelled", expire_completed_fraction=0.5)
-    lines = [_request(f"r{i}", f"text number {i}") for i in range(10)]
-    done = _wait_batch(client, _submit(client, lines).id)
+    lines = [request_line(f"r{i}", f"text number {i}") for i in range(10)]
+    done = wait_batch(client, submit(client, lines).id)
     assert done.status == "cancelled"
     assert done.cancelling_at is not None and done.cancelled_at is not None
     assert done.request_counts is not None
     assert (done.request_counts.total, done.request_counts.completed) == (10, 5)
     assert done.request_counts.failed == 0 and done.error_file_id is None
-    out = _read_lines(client, done.output_file_id)
+    out = read_lines(client, done.output_file_id)
     assert sorted(line["custom_id"] for line in out) == [f"r{i}" for i in range(5)]
     billed = sum(line["response"]["body"]["usage"]["total_tokens"] for line in out)
     assert done.usage is not None and done.usage.input_tokens == billed
@@ -216,7 +213,7 @@ def test_cancelled_outcome(client: openai.OpenAI, emu: OpenAIEmulator) -> None:
 
 
 def test_expires_after_sets_expires_at(client: openai.OpenAI) -> None:
-    content = _jsonl([_request("a", "x")])
+    content = jsonl([request_line("a", "x")])
     hour = client.files.create(
         file=("in.jsonl", io.BytesIO(content)),
         purpose="batch",
@@ -245,7 +242,7 @@ def test_expires_after_sets_expires_at(client: openai.OpenAI) -> None:
         completion_window="24h",
         output_expires_after={"anchor": "created_at", "seconds": 86400},
     )
-    done = _wait_batch(client, batch.id)
+    done = wait_batch(client, batch.id)
     assert done.output_file_id is not None
     output = client.files.retrieve(done.output_file_id)
     assert output.purpose == "batch_output"
@@ -261,7 +258,7 @@ def test_expires_after_sets_expires_at(client: openai.OpenAI) -> None:
 
 def test_expired_files_are_gone(client: openai.OpenAI, emu: OpenAIEmulator) -> None:
     emu.update_config(file_expiry_min_seconds=1)
-    content = _jsonl([_request(f"r{i}", f"text {i}") for i in range(3)])
+    content = jsonl([request_line(f"r{i}", f"text {i}") for i in range(3)])
     short = client.files.create(
         file=("short.jsonl", io.BytesIO(content)),
         purpose="batch",
@@ -281,7 +278,7 @@ def test_expired_files_are_gone(client: openai.OpenAI, emu: OpenAIEmulator) -> N
         completion_window="24h",
         output_expires_after={"anchor": "created_at", "seconds": 2},
     )
-    done = _wait_batch(client, batch.id)
+    done = wait_batch(client, batch.id)
     assert done.status == "completed" and done.output_file_id is not None
     output = client.files.retrieve(done.output_file_id)
     assert output.expires_at == output.created_at + 2

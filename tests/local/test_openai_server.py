@@ -6,7 +6,6 @@ second client whose base URL is the emulator root (they live outside ``/v1``).
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -14,9 +13,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import openai
@@ -24,12 +21,19 @@ import pytest
 from openai import Omit
 
 from batch_embedder.tokenizer import get_encoding
-from batch_embedder_local.openai_server import EmulatorConfig, OpenAIEmulator, embed_texts
+from batch_embedder_local.openai_server import OpenAIEmulator, embed_texts
+from tests.emulator import (
+    API_KEY,
+    MODEL,
+    decode,
+    jsonl,
+    read_lines,
+    request_line,
+    submit,
+    wait_batch,
+)
 
-API_KEY = "local-test-key"
-MODEL = "text-embedding-3-small"
 DURATION_RE = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?(ms|s))$")
-TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 DOC_A = (
     "The lighthouse keeper climbed the spiral staircase every evening to light the great lamp. "
@@ -45,78 +49,7 @@ DOC_B = (
 )
 
 
-@pytest.fixture(scope="module")
-def emu() -> Iterator[OpenAIEmulator]:
-    config = EmulatorConfig(
-        api_key=API_KEY,
-        batch_validating_seconds=0.05,
-        batch_in_progress_seconds=0.1,
-        batch_finalizing_seconds=0.05,
-        batch_cancel_seconds=0.05,
-    )
-    with OpenAIEmulator(config) as emulator:
-        yield emulator
-
-
-@pytest.fixture(autouse=True)
-def _fresh(emu: OpenAIEmulator) -> Iterator[None]:
-    yield
-    emu.reset()
-
-
-@pytest.fixture
-def client(emu: OpenAIEmulator) -> openai.OpenAI:
-    return openai.OpenAI(api_key=API_KEY, base_url=emu.base_url, max_retries=0)
-
-
-@pytest.fixture
-def admin(emu: OpenAIEmulator) -> openai.OpenAI:
-    return openai.OpenAI(api_key="unused", base_url=emu.url, max_retries=0)
-
-
-def _decode(b64: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(b64), dtype="<f4")
-
-
-def _wait_batch(
-    client: openai.OpenAI, batch_id: str, seen: list[str] | None = None, timeout: float = 10.0
-) -> Any:
-    """Poll until the batch is terminal; the statuses met along the way go into ``seen``."""
-    seen = [] if seen is None else seen
-    deadline = time.monotonic() + timeout
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        if not seen or seen[-1] != batch.status:
-            seen.append(batch.status)
-        if batch.status in TERMINAL:
-            return batch
-        assert time.monotonic() < deadline, f"batch stuck in {batch.status}"
-        time.sleep(0.02)
-
-
-def _jsonl(lines: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(line) + "\n" for line in lines).encode()
-
-
-def _request(custom_id: str, inputs: Any, **body: Any) -> dict[str, Any]:
-    return {
-        "custom_id": custom_id,
-        "method": "POST",
-        "url": "/v1/embeddings",
-        "body": {"model": MODEL, "input": inputs, **body},
-    }
-
-
-def _submit(client: openai.OpenAI, lines: list[dict[str, Any]], **kwargs: Any) -> Any:
-    uploaded = client.files.create(file=("input.jsonl", io.BytesIO(_jsonl(lines))), purpose="batch")
-    return client.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h", **kwargs
-    )
-
-
-def _read_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
-    assert file_id is not None
-    return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
+pytestmark = pytest.mark.usefixtures("reset_emulator")
 
 
 # --- /v1/embeddings -----------------------------------------------------------------------
@@ -133,7 +66,7 @@ def test_embeddings_float_base64_and_dimensions(client: openai.OpenAI) -> None:
         assert default.data[i].index == i
         got_default = np.asarray(default.data[i].embedding, dtype=np.float32)
         got_float = np.asarray(floats.data[i].embedding, dtype=np.float32)
-        got_b64 = _decode(raw_b64.data[i].embedding)  # type: ignore[arg-type]
+        got_b64 = decode(raw_b64.data[i].embedding)  # type: ignore[arg-type]
         assert got_default.shape == (1536,)
         # 9 significant digits round-trip float32: all three are the same bits.
         assert np.array_equal(got_default, expected[i])
@@ -378,7 +311,7 @@ def test_models(client: openai.OpenAI) -> None:
 
 
 def test_files_lifecycle(client: openai.OpenAI, emu: OpenAIEmulator) -> None:
-    content = _jsonl([_request(f"r{i}", f"text {i}") for i in range(100)])
+    content = jsonl([request_line(f"r{i}", f"text {i}") for i in range(100)])
     created = client.files.create(file=("data.jsonl", io.BytesIO(content)), purpose="batch")
     assert created.id.startswith("file-")
     assert (created.bytes, created.filename, created.purpose) == (
@@ -405,7 +338,7 @@ def test_files_from_disk_and_limits(
     client: openai.OpenAI, emu: OpenAIEmulator, tmp_path: Path
 ) -> None:
     path = tmp_path / "batch.jsonl"
-    path.write_bytes(_jsonl([_request("a", "x")]) * 1)
+    path.write_bytes(jsonl([request_line("a", "x")]) * 1)
     with path.open("rb") as fh:
         created = client.files.create(file=fh, purpose="batch")
     assert created.filename == "batch.jsonl" and created.bytes == path.stat().st_size
@@ -430,14 +363,14 @@ def test_full_batch(client: openai.OpenAI, emu: OpenAIEmulator) -> None:
         texts = [f"request {i} input {j}: " + DOC_A.split(". ")[j % 4] for j in range(1 + i % 3)]
         inputs[f"job-1:{i}"] = texts
         fmt = {"encoding_format": "float"} if i % 2 else {"encoding_format": "base64"}
-        lines.append(_request(f"job-1:{i}", texts, **fmt))
-    batch = _submit(client, lines, metadata={"job": "job-1", "part": "0"})
+        lines.append(request_line(f"job-1:{i}", texts, **fmt))
+    batch = submit(client, lines, metadata={"job": "job-1", "part": "0"})
     assert batch.status == "validating" and batch.id.startswith("batch_")
     assert batch.metadata == {"job": "job-1", "part": "0"}
     assert batch.expires_at is not None and batch.expires_at - batch.created_at == 24 * 3600
 
     seen: list[str] = []
-    done = _wait_batch(client, batch.id, seen)
+    done = wait_batch(client, batch.id, seen)
     assert done.status == "completed"
     assert seen[-3:] == ["in_progress", "finalizing", "completed"], seen
     assert done.request_counts is not None
@@ -447,7 +380,7 @@ def test_full_batch(client: openai.OpenAI, emu: OpenAIEmulator) -> None:
     assert done.in_progress_at and done.finalizing_at and done.completed_at
     assert done.model == MODEL
 
-    out = _read_lines(client, done.output_file_id)
+    out = read_lines(client, done.output_file_id)
     order = [line["custom_id"] for line in out]
     assert sorted(order) == sorted(inputs) and order != list(inputs), "shuffled, all present"
     total_tokens = 0
@@ -461,7 +394,7 @@ def test_full_batch(client: openai.OpenAI, emu: OpenAIEmulator) -> None:
         assert [d["index"] for d in body["data"]] == list(range(len(texts)))
         for d in body["data"]:
             emb = d["embedding"]
-            vec = _decode(emb) if isinstance(emb, str) else np.asarray(emb, dtype=np.float32)
+            vec = decode(emb) if isinstance(emb, str) else np.asarray(emb, dtype=np.float32)
             assert np.array_equal(vec, expected[d["index"]])
         tokens = sum(len(enc.encode_ordinary(t)) for t in texts)
         assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
@@ -474,25 +407,25 @@ def test_full_batch(client: openai.OpenAI, emu: OpenAIEmulator) -> None:
 
 
 def test_invalid_input_file_fails_with_line_errors(client: openai.OpenAI) -> None:
-    good = json.dumps(_request("a", "fine"))
+    good = json.dumps(request_line("a", "fine"))
     raw = "\n".join(
         [
             good,
             "{not json",
-            json.dumps(_request("a", "duplicate id")),
-            json.dumps({**_request("c", "x"), "url": "/v1/chat/completions"}),
+            json.dumps(request_line("a", "duplicate id")),
+            json.dumps({**request_line("c", "x"), "url": "/v1/chat/completions"}),
             json.dumps(
-                _request("d", "x") | {"body": {"model": "text-embedding-3-large", "input": "x"}}
+                request_line("d", "x") | {"body": {"model": "text-embedding-3-large", "input": "x"}}
             ),
             json.dumps({"method": "POST", "url": "/v1/embeddings", "body": {"model": MODEL}}),
-            json.dumps(_request("e", ["x"] * 2049)),
+            json.dumps(request_line("e", ["x"] * 2049)),
         ]
     )
     uploaded = client.files.create(file=("bad.jsonl", raw.encode()), purpose="batch")
     batch = client.batches.create(
         input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
     )
-    done = _wait_batch(client, batch.id)
+    done = wait_batch(client, batch.id)
     assert done.status == "failed" and done.failed_at is not None
     assert done.output_file_id is None and done.error_file_id is None
     assert done.errors is not None and done.errors.data is not None
@@ -509,18 +442,20 @@ def test_invalid_input_file_fails_with_line_errors(client: openai.OpenAI) -> Non
 
 def test_batch_limits_and_create_validation(client: openai.OpenAI, emu: OpenAIEmulator) -> None:
     emu.update_config(max_batch_requests=3, max_batch_inputs=5)
-    many = _wait_batch(client, _submit(client, [_request(f"r{i}", "x") for i in range(4)]).id)
+    many = wait_batch(client, submit(client, [request_line(f"r{i}", "x") for i in range(4)]).id)
     assert many.status == "failed"
     assert many.errors is not None and many.errors.data is not None
     assert many.errors.data[0].code == "too_many_tasks"
-    inputs = _wait_batch(
-        client, _submit(client, [_request(f"r{i}", ["x"] * 3) for i in range(2)]).id
+    inputs = wait_batch(
+        client, submit(client, [request_line(f"r{i}", ["x"] * 3) for i in range(2)]).id
     )
     assert inputs.status == "failed"
     assert inputs.errors is not None and inputs.errors.data is not None
     assert "6 embedding inputs" in inputs.errors.data[0].message
 
-    uploaded = client.files.create(file=("in.jsonl", _jsonl([_request("a", "x")])), purpose="batch")
+    uploaded = client.files.create(
+        file=("in.jsonl", jsonl([request_line("a", "x")])), purpose="batch"
+    )
     with pytest.raises(openai.BadRequestError):
         client.batches.create(
             input_file_id=uploaded.id,
@@ -555,7 +490,7 @@ def test_batch_limits_and_create_validation(client: openai.OpenAI, emu: OpenAIEm
 
 def test_emulated_failure(client: openai.OpenAI, emu: OpenAIEmulator) -> None:
     emu.update_config(batch_outcome="failed")
-    done = _wait_batch(client, _submit(client, [_request("a", "x")]).id)
+    done = wait_batch(client, submit(client, [request_line("a", "x")]).id)
     assert done.status == "failed"
     assert done.errors is not None and done.errors.data is not None
     assert done.errors.data[0].code == "emulated_failure"
@@ -563,7 +498,7 @@ def test_emulated_failure(client: openai.OpenAI, emu: OpenAIEmulator) -> None:
 
 def test_enqueued_token_limit(client: openai.OpenAI, emu: OpenAIEmulator) -> None:
     emu.update_config(batch_enqueued_token_limit=10)
-    done = _wait_batch(client, _submit(client, [_request("a", "hello" + " hello" * 10)]).id)
+    done = wait_batch(client, submit(client, [request_line("a", "hello" + " hello" * 10)]).id)
     assert done.status == "failed"
     assert done.errors is not None and done.errors.data is not None
     assert done.errors.data[0].code == "token_limit_exceeded"
@@ -578,7 +513,7 @@ def test_unknown_body_argument(client: openai.OpenAI) -> None:
 
 def test_reset_forgets_everything(client: openai.OpenAI, emu: OpenAIEmulator) -> None:
     emu.update_config(batch_validating_seconds=5, rpm_limit=10)
-    batch = _submit(client, [_request("a", "x")])
+    batch = submit(client, [request_line("a", "x")])
     emu.reset()
     assert emu.config.rpm_limit == 3000 and emu.config.batch_validating_seconds == 0.05
     assert emu.stats()["files"] == 0 and emu.stats()["batches_created"] == 0
@@ -589,13 +524,13 @@ def test_reset_forgets_everything(client: openai.OpenAI, emu: OpenAIEmulator) ->
 
 def test_expired_batch(client: openai.OpenAI, emu: OpenAIEmulator) -> None:
     emu.update_config(batch_outcome="expired", expire_completed_fraction=0.4)
-    lines = [_request(f"r{i}", f"text number {i}") for i in range(10)]
-    done = _wait_batch(client, _submit(client, lines).id)
+    lines = [request_line(f"r{i}", f"text number {i}") for i in range(10)]
+    done = wait_batch(client, submit(client, lines).id)
     assert done.status == "expired" and done.expired_at is not None
     assert done.request_counts is not None
     assert (done.request_counts.completed, done.request_counts.failed) == (4, 6)
-    out = _read_lines(client, done.output_file_id)
-    err = _read_lines(client, done.error_file_id)
+    out = read_lines(client, done.output_file_id)
+    err = read_lines(client, done.error_file_id)
     assert sorted(line["custom_id"] for line in out) == [f"r{i}" for i in range(4)]
     assert sorted(line["custom_id"] for line in err) == sorted(f"r{i}" for i in range(4, 10))
     for line in err:
@@ -607,50 +542,50 @@ def test_expired_batch(client: openai.OpenAI, emu: OpenAIEmulator) -> None:
 
 def test_failed_lines_go_to_the_error_file(client: openai.OpenAI, emu: OpenAIEmulator) -> None:
     emu.update_config(fail_custom_id_pattern=r"^bad-")
-    lines = [_request(f"good-{i}", "fine text") for i in range(3)]
-    lines += [_request(f"bad-{i}", "doomed text") for i in range(2)]
-    lines.append(_request("empty-input", ["ok", ""]))
-    done = _wait_batch(client, _submit(client, lines).id)
+    lines = [request_line(f"good-{i}", "fine text") for i in range(3)]
+    lines += [request_line(f"bad-{i}", "doomed text") for i in range(2)]
+    lines.append(request_line("empty-input", ["ok", ""]))
+    done = wait_batch(client, submit(client, lines).id)
     assert done.status == "completed"
     assert done.request_counts is not None
     assert (done.request_counts.completed, done.request_counts.failed) == (3, 3)
-    err = {line["custom_id"]: line for line in _read_lines(client, done.error_file_id)}
+    err = {line["custom_id"]: line for line in read_lines(client, done.error_file_id)}
     assert set(err) == {"bad-0", "bad-1", "empty-input"}
     assert err["bad-0"]["response"]["status_code"] == 500
     assert err["bad-0"]["response"]["body"]["error"]["type"] == "server_error"
     assert err["empty-input"]["response"]["status_code"] == 400
-    assert len(_read_lines(client, done.output_file_id)) == 3
+    assert len(read_lines(client, done.output_file_id)) == 3
 
 
 def test_cancel(client: openai.OpenAI, emu: OpenAIEmulator) -> None:
     emu.update_config(batch_in_progress_seconds=5)
-    batch = _submit(client, [_request(f"r{i}", f"t {i}") for i in range(5)])
+    batch = submit(client, [request_line(f"r{i}", f"t {i}") for i in range(5)])
     deadline = time.monotonic() + 5
     while client.batches.retrieve(batch.id).status != "in_progress":
         assert time.monotonic() < deadline
         time.sleep(0.02)
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None
-    done = _wait_batch(client, batch.id)
+    done = wait_batch(client, batch.id)
     assert done.status == "cancelled" and done.cancelled_at is not None
     # The work finished before the cancel: it is in the output file.
     assert done.request_counts is not None and done.request_counts.completed == 5
-    assert len(_read_lines(client, done.output_file_id)) == 5
+    assert len(read_lines(client, done.output_file_id)) == 5
     emu.update_config(batch_in_progress_seconds=0.05)
     with pytest.raises(openai.BadRequestError):
-        finished = _wait_batch(client, _submit(client, [_request("x", "y")]).id)
+        finished = wait_batch(client, submit(client, [request_line("x", "y")]).id)
         client.batches.cancel(finished.id)
 
     emu.update_config(batch_validating_seconds=5)
-    early = _submit(client, [_request("r", "t")])
+    early = submit(client, [request_line("r", "t")])
     client.batches.cancel(early.id)
-    gone = _wait_batch(client, early.id)
+    gone = wait_batch(client, early.id)
     assert gone.status == "cancelled" and gone.output_file_id is None
 
 
 def test_list_batches(client: openai.OpenAI, emu: OpenAIEmulator) -> None:
     emu.update_config(batch_validating_seconds=5)
-    ids = [_submit(client, [_request("r", f"t{i}")]).id for i in range(3)]
+    ids = [submit(client, [request_line("r", f"t{i}")]).id for i in range(3)]
     page = client.batches.list(limit=2)
     assert [b.id for b in page.data] == [ids[2], ids[1]]
     assert page.has_more is True

@@ -11,10 +11,8 @@ import base64
 import io
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import openai
@@ -23,51 +21,13 @@ from pydantic import ValidationError
 
 from batch_embedder_local.openai_server import EmulatorConfig, OpenAIEmulator
 from batch_embedder_local.openai_server.webhooks import DEFAULT_WEBHOOK_SECRET
+from tests.emulator import Receiver
 from tests.utils import wait_for_batch
 
 API_KEY = "local-test-key"
 MODEL = "text-embedding-3-small"
 SECRET = "whsec_" + base64.b64encode(b"emulator-webhook-test-key-32byte").decode()
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
-
-
-class Receiver:
-    """Records each POST (lower-cased headers, raw body); answers ``statuses`` in turn, then 200."""
-
-    def __init__(self, statuses: list[int] | None = None) -> None:
-        self.statuses = list(statuses or [])
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with receiver.lock:
-                    receiver.received.append(
-                        ({k.lower(): v for k, v in self.headers.items()}, body)
-                    )
-                    status = receiver.statuses.pop(0) if receiver.statuses else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def got(self) -> list[tuple[dict[str, str], bytes]]:
-        with self.lock:
-            return list(self.received)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from batch_embedder import chunking
-from batch_embedder.chunking import Chunk, chunk_text
+from batch_embedder.chunking import Chunk, chunk_text, chunk_texts
+from batch_embedder.chunking.planner import Planner
+from batch_embedder.chunking.tokens import (
+    TokenOffsets,
+    encode,
+    encode_joined,
+    joinable,
+    split_joined,
+)
 from batch_embedder.documents import decode_document
 from batch_embedder.settings import MAX_TOKENS_PER_INPUT
 from batch_embedder.tokenizer import get_encoding
@@ -100,6 +108,10 @@ def test_invalid_arguments(max_tokens: int, overlap_tokens: int) -> None:
 def test_lone_surrogate_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="surrogate"):
         chunk_text("abc \ud800 def")
+    stream = chunk_texts(["first text", "abc \ud800 def"])
+    assert [c.text for c in next(stream)] == ["first text"]
+    with pytest.raises(ValueError, match="surrogate"):
+        next(stream)
 
 
 @pytest.mark.parametrize("text", ["", " ", "\n\n\t  \n", "\u3000\u00a0"])
@@ -161,9 +173,9 @@ def test_exact_counts_on_the_samples_after_decoding() -> None:
 
 def test_large_document_uses_parallel_segments_and_stays_exact() -> None:
     text = "\n\n".join(_prose(random.Random(seed), 40) for seed in range(40))
-    assert len(text) > chunking._PARALLEL_MIN_CHARS
-    assert "".join(chunking._segments(text, 8)) == text
-    assert len(chunking._segments(text, 8)) == 8
+    assert len(text) > chunking.PARALLEL_MIN_CHARS
+    assert "".join(chunking.segments(text, 8)) == text
+    assert len(chunking.segments(text, 8)) == 8
     run(text, 512, 64)
 
 
@@ -314,8 +326,15 @@ def test_random_text_invariants(seed: int) -> None:
     check(text, chunks, max_tokens, overlap, overlap_bound=False)
     # The shortcut (counts from the document's tokens plus two edge encodes) and the plain
     # path (encode every chunk) must agree exactly: same plan, same counts.
-    plain = chunking._Chunker(text, ENC, max_tokens, overlap, safe_points=False).run()
+    offsets = TokenOffsets(text, ENC, encode(ENC, text))
+    plain = Planner(text, offsets, ENC, max_tokens, overlap, safe_points=False).run()
     assert plain == chunks
+    # The streaming form gives the same chunks as one call per text.
+    assert list(chunk_texts([text, "", text], max_tokens=max_tokens, overlap_tokens=overlap)) == [
+        chunks,
+        [],
+        chunks,
+    ]
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -325,3 +344,31 @@ def test_random_prose_invariants_with_overlap_bound(seed: int) -> None:
     max_tokens = rng.choice([16, 64, 256, 512, 1024])
     overlap = rng.choice([0, max_tokens // 8, max_tokens // 4])
     run(text, max_tokens, overlap)
+
+
+# -- streams of documents -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_short_texts_encoded_joined_get_their_own_tokens(seed: int) -> None:
+    rng = random.Random(seed)
+    texts = ["".join(rng.choice(PIECES) for _ in range(rng.randint(1, 60))) for _ in range(200)]
+    texts = [t for t in texts if joinable(t)]
+    split = split_joined(ENC, [len(t.encode()) for t in texts], encode_joined(ENC, texts))
+    assert [None if s is None else s.tolist() for s in split] == [
+        ENC.encode_ordinary(t) for t in texts
+    ]
+
+
+def test_a_stream_of_documents_gives_the_chunks_of_each() -> None:
+    rng = random.Random(11)
+    texts = [_prose(rng, rng.randint(1, 30)) for _ in range(60)]
+    texts[5] = ""
+    texts[9] = "  \n "
+    texts[20] = "\n\n".join(_prose(random.Random(seed), 40) for seed in range(20))  # long
+    texts[30] = " starts and ends with spaces "  # encoded alone, not joined
+    expected = [chunk_text(t, max_tokens=64, overlap_tokens=8) for t in texts]
+    # A small read-ahead and a large one: the same chunks, in the same order.
+    for lookahead in (1, 1 << 22):
+        got = chunk_texts(iter(texts), max_tokens=64, overlap_tokens=8, lookahead_chars=lookahead)
+        assert list(got) == expected

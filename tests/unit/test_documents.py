@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import random
+import re
+import sysconfig
 import unicodedata
 from pathlib import Path
 
 import pytest
 
+from batch_embedder import normalize
 from batch_embedder.documents import (
     SUPPORTED_EXTENSIONS,
     decode_document,
@@ -89,6 +93,50 @@ def test_normalize_is_idempotent() -> None:
 
 def test_normalize_empty() -> None:
     assert normalize_text(" \n\t\r\n ") == ""
+
+
+def _normalize_by_regex(text: str) -> str:
+    """The definition in ``normalize_text``'s docstring, one regex per rule (slow)."""
+    text = re.sub("[\x00\ud800-\udfff]", "", text)
+    text = unicodedata.normalize("NFC", text)
+    text = re.sub(r"\r\n?|[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]", "\n", text)
+    text = re.sub(r"[^\S\n]+", " ", text)  # every other whitespace run: one space
+    text = re.sub(r" +\n", "\n", text)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return text.strip()
+
+
+#: Every whitespace character, a few others, and the sequences the rules look for.
+_PIECES = [chr(c) for c in range(0x110000) if chr(c).isspace()] + [
+    "a", "bc", "\u00e9", "e\u0301", "\x00", "\ud800", "\u4e2d", ".", "\r\n", "\n\n\n",
+    "  ", "\t\t", " \n",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_normalize_matches_its_definition_on_random_text(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(100):
+        text = "".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 80)))
+        assert normalize_text(text) == _normalize_by_regex(text), repr(text)
+        ascii_text = "".join(c for c in text if c.isascii())
+        assert normalize_text(ascii_text) == _normalize_by_regex(ascii_text), repr(ascii_text)
+
+
+def test_normalize_matches_its_definition_on_real_files() -> None:
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:60]
+    files += sorted(SAMPLES.rglob("*.txt"))[:20]
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        assert normalize_text(text) == _normalize_by_regex(text), path
+
+
+def test_every_whitespace_character_is_known_to_normalize() -> None:
+    # normalize_text replaces the whitespace characters it knows by name (str.isspace is
+    # what a regex \s matches): they must be every one there is.
+    known = {"\n", " ", "\r", *normalize._LINE_SEPARATORS, *normalize._UNICODE_SEPARATORS,
+             *normalize._OTHER_SPACES, *normalize._UNICODE_SPACES}  # fmt: skip
+    assert known == {chr(c) for c in range(0x110000) if chr(c).isspace()}
 
 
 # -- HTML ---------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ import csv
 import io
 import json
 import re
-import unicodedata
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -41,6 +40,7 @@ from batch_embedder.formats import (
     pdf_text,
     strip_front_matter,
 )
+from batch_embedder.normalize import normalize_text
 
 __all__ = ["CONTROL_BYTE_RATIO", "SUPPORTED_EXTENSIONS", "Decoded", "decode_document",
            "decode_text", "extract_document", "normalize_text", "read_text"]  # fmt: skip
@@ -79,13 +79,10 @@ _HTML_BLOCKS = frozenset(
 _HTML_LINES = frozenset({"td", "th", "li", "dt", "dd", "option"})  # one line each, not a paragraph
 _HTML_PRE = frozenset({"pre", "textarea", "listing", "plaintext", "xmp"})
 
-# Normalisation.
-_LINE_BREAKS = re.compile(r"\r\n?|[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+# HTML whitespace.
 #: Runs of two or more whitespace characters (not line breaks), or one that is not a space.
 _HORIZONTAL_SPACE = re.compile(r"[^\S\n]{2,}|[^\S\n ]")
-_TRAILING_SPACE = re.compile(r" +\n")
 _LEADING_SPACE = re.compile(r"\n +")
-_BLANK_LINES = re.compile(r"\n{3,}")
 _ANY_SPACE = re.compile(r"\s+")
 
 
@@ -202,34 +199,6 @@ def _check_size(key: str, data: bytes, max_bytes: int | None) -> None:
             f"the file is {len(data):,} bytes, over the {max_bytes:,}-byte limit "
             "(MAX_DOCUMENT_BYTES)",
         )
-
-
-#: NUL and lone surrogates: PostgreSQL rejects both in ``text`` (and UTF-8 has no encoding
-#: for a surrogate), https://www.postgresql.org/docs/current/datatype-character.html
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def normalize_text(text: str) -> str:
-    """``text`` in a canonical form: the same content always gives the same chunks.
-
-    Unicode NFC; ``\\r\\n``, ``\\r`` and the other line separators (VT, FF, U+0085, U+2028,
-    U+2029, ...) become ``\\n``; every other run of whitespace (tabs, no-break spaces, ...)
-    becomes one space; spaces at the end of a line go; three or more line breaks become two
-    (a paragraph break); the whole is stripped. Single line breaks and paragraph breaks
-    (``"\\n\\n"``) stay. Lengths are characters; the result is never longer than ``text``
-    except through NFC.
-
-    Characters PostgreSQL cannot store in ``text`` are removed: NUL (``\\u0000``, e.g. from
-    a JSON string) and lone surrogates (``\\ud800``-``\\udfff``, which are not Unicode).
-    """
-    text = _UNSTORABLE.sub("", text)
-    if not unicodedata.is_normalized("NFC", text):
-        text = unicodedata.normalize("NFC", text)
-    text = _LINE_BREAKS.sub("\n", text)
-    text = _HORIZONTAL_SPACE.sub(" ", text)
-    text = _TRAILING_SPACE.sub("\n", text)
-    text = _BLANK_LINES.sub("\n\n", text)
-    return text.strip()
 
 
 def html_to_text(markup: str) -> str:

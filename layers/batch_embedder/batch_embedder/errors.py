@@ -127,3 +127,20 @@ class DatabaseUnavailableError(BatchEmbedderError):
     ``OperationalError``: ``AdminShutdown`` from a failover, ``ConnectionFailure``,
     ``CannotConnectNow``, ...). The state machine retries it for 755 s, longer than a
     Multi-AZ failover (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/Concepts.MultiAZSingleStandby.html)."""
+
+
+class ProviderUnavailableError(BatchEmbedderError):
+    """The embedding provider did not answer (connection refused or reset, timeout, 5xx)
+    after the client's own retries. Not a 4xx, not a refused key, not an empty quota.
+
+    The state machine catches it into a ``ProviderDegraded`` Wait (``ProviderOutageWaitSeconds``)
+    and runs the same step again: the execution pauses instead of failing. The degraded
+    state is recorded once per provider (``aws.provider_health``).
+    """
+
+
+class ProviderOutageTooLongError(BatchEmbedderError):
+    """This execution has waited for the provider longer than ``PROVIDER_OUTAGE_SECONDS``
+    (``ProviderOutageSeconds``): it stops waiting and fails (``PipelineError``, the cause
+    names the provider, since when it fails and the last error). What was bought stays
+    in the content store; RecordFailure settles it."""

@@ -205,6 +205,11 @@ class ChunkedJob(Metered):
         default_factory=list, description="objects a newer event made no-ops (not embedded)"
     )
     urgent_documents: int = Field(default=0, ge=0, description="SYNC_PREFIXES or the tag")
+    unchanged: list[str] = Field(
+        default_factory=list,
+        description="objects already embedded under the same settings: skipped, first 20",
+    )
+    unchanged_count: int = Field(default=0, ge=0, description="objects skipped as unchanged")
     excluded_prefixes: list[str] = Field(
         default_factory=list, description="prefixes over their daily budget: left out"
     )
@@ -316,7 +321,7 @@ class DocumentResult(Contract):
     """One document of the group as the execution's output lists it."""
 
     key: str
-    status: Literal["embedded", "rejected", "over_budget", "deleted", "superseded"]
+    status: Literal["embedded", "rejected", "over_budget", "deleted", "superseded", "unchanged"]
     chunks: int = 0
     reason: str | None = None
     tokens: int = Field(default=0, description="its chunks' tokens (cache hits included)")

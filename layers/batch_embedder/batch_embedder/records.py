@@ -121,7 +121,7 @@ class BatchOutputLine(Record):
         return body.usage.total_tokens if body is not None else 0
 
 
-DocumentStatus = Literal["accepted", "rejected", "deleted"]
+DocumentStatus = Literal["accepted", "rejected", "deleted", "unchanged"]
 
 
 def sequencer_key(sequencer: str) -> str:

@@ -23,6 +23,9 @@ NATIVE_DIMENSIONS: dict[str, int] = {
     "text-embedding-3-small": 1536,
     "text-embedding-3-large": 3072,
     "text-embedding-ada-002": 1536,
+    # all-MiniLM-L6-v2 (``local_model.py``), served by the local emulator or any
+    # OpenAI-compatible endpoint that registers it.
+    "local-minilm": 384,
 }
 
 
@@ -36,6 +39,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
 
     # Embedding
+    #: Who embeds: ``openai`` (OpenAI, or any server at ``OPENAI_BASE_URL`` with the Batch
+    #: API), ``azure`` (Azure OpenAI, ``AZURE_OPENAI_*``) or ``compatible`` (an
+    #: OpenAI-compatible ``/v1/embeddings`` server at ``OPENAI_BASE_URL`` without
+    #: ``/v1/batches``: vLLM, Ollama, TEI; every document goes synchronous). See
+    #: ``openai/client.py``.
+    embedding_provider: Literal["openai", "azure", "compatible"] = "openai"
     embedding_model: str = "text-embedding-3-small"
     #: Output dimensions; 0 means the model's native size. Only text-embedding-3-* accept it.
     embedding_dimensions: int = Field(default=0, ge=0, le=3072)
@@ -120,6 +129,28 @@ class Settings(BaseSettings):
     openai_webhook_secret: SecretStr | None = None
     openai_webhook_secret_secret_id: str = ""
     openai_timeout_seconds: float = Field(default=120.0, gt=0)
+    # Azure OpenAI (EMBEDDING_PROVIDER=azure)
+    #: The resource endpoint, ``https://<resource>.openai.azure.com``.
+    azure_openai_endpoint: str = ""
+    #: Data-plane ``api-version``: the latest GA release with embeddings, files and batches
+    #: (https://learn.microsoft.com/azure/ai-foundry/openai/api-version-lifecycle).
+    azure_openai_api_version: str = "2024-10-21"
+    #: Deployment name of the embedding model; empty means a deployment named after
+    #: ``EMBEDDING_MODEL``. Sent where OpenAI takes the model name.
+    azure_openai_deployment: str = ""
+    #: ``key``: the API key of the OpenAI secret (``api-key`` header); ``entra``: a Microsoft
+    #: Entra ID token from ``azure-identity``'s ``DefaultAzureCredential`` (extra ``azure``).
+    azure_openai_auth: Literal["key", "entra"] = "key"
+    #: Send the Azure deployment's non-urgent documents through the Batch API. Off by
+    #: default: Azure's Batch API does not take embeddings models ("Can I use the batch API
+    #: for embeddings models? This is currently not supported.",
+    #: https://learn.microsoft.com/azure/ai-foundry/openai/how-to/batch); turn it on for a
+    #: Global-Batch deployment that does.
+    azure_openai_batch: bool = False
+    #: Degraded mode: seconds an execution keeps waiting (``ProviderDegraded`` Wait states)
+    #: for a provider that does not answer (connection errors, timeouts, 5xx) before it
+    #: fails; see ``aws/provider_health.py``.
+    provider_outage_seconds: int = Field(default=21_600, ge=0)
     #: Prices per 1M tokens overriding or extending ``pricing.PRICES``, a comma list
     #: ``model=standard:batch`` (or the JSON ``{"model": {"standard": s, "batch": b}}``);
     #: checked here, applied by :func:`batch_embedder.openai.pricing.price_for`.
@@ -145,7 +176,7 @@ class Settings(BaseSettings):
         parse_price_overrides(value)
         return value
 
-    @field_validator("openai_base_url")
+    @field_validator("openai_base_url", "azure_openai_endpoint")
     @classmethod
     def _strip_base_url(cls, value: str) -> str:
         return value.strip().rstrip("/")

@@ -16,17 +16,15 @@ Everything lives in the ``batch_embedder`` schema:
   ``embedding::vector(D)`` restricted to that model (pgvector README, "indexing vectors with
   different dimensions"). pgvector's HNSW on ``vector`` stops at 2,000 dimensions; above
   that a ``halfvec`` expression index is used where pgvector >= 0.7, else none (logged).
+  ``db/index.py`` builds it, and rebuilds it after loads too large to insert one by one.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 
 import psycopg
 from psycopg import sql
-
-logger = logging.getLogger(__name__)
 
 SCHEMA = "batch_embedder"
 #: pgvector's HNSW limit for ``vector`` (pgvector README).
@@ -152,6 +150,25 @@ MIGRATIONS: list[tuple[int, str]] = [
             (source_bucket, object_key, model, dimensions);
         """,
     ),
+    (
+        5,
+        """
+        -- Fingerprints of accepted object events (db/fingerprints.py): an upload whose
+        -- ETag or bytes match the event ``objects`` holds, under the same settings, is
+        -- skipped before chunking.
+        CREATE TABLE batch_embedder.object_fingerprints (
+            source_bucket   text        NOT NULL,
+            object_key      text        NOT NULL,
+            settings        text        NOT NULL,
+            sequencer       text        NOT NULL,
+            version_id      text,
+            etag            text,
+            content_sha256  text        NOT NULL,
+            created_at      timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (source_bucket, object_key, settings, sequencer)
+        );
+        """,
+    ),
 ]
 
 
@@ -214,54 +231,22 @@ def vector_type(dimensions: int, halfvec: bool = False) -> sql.Composable:
     )
 
 
-def _pgvector_version(conn: psycopg.Connection[tuple[object, ...]]) -> tuple[int, ...]:
+def pgvector_version(conn: psycopg.Connection[tuple[object, ...]]) -> tuple[int, ...]:
+    """The installed pgvector extension's version, e.g. ``(0, 8, 6)``; ``(0,)`` without it.
+
+    What depends on it: ``halfvec`` needs >= 0.7 (0.7.0 changelog), iterative index scans
+    (``hnsw.iterative_scan``) >= 0.8 (0.8.0 changelog; pgvector CHANGELOG.md,
+    https://github.com/pgvector/pgvector/blob/master/CHANGELOG.md). RDS and Aurora
+    PostgreSQL ship 0.7 and 0.8 depending on the engine version.
+    """
     row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
-    return tuple(int(p) for p in str(row[0]).split(".")) if row else (0,)
+    if not row:
+        return (0,)
+    return tuple(int(p) for p in str(row[0]).split("-")[0].split(".") if p.isdigit())
 
 
 def uses_halfvec(conn: psycopg.Connection[tuple[object, ...]], dimensions: int) -> bool:
-    """Whether vectors of ``dimensions`` are indexed (and searched) as ``halfvec``."""
-    return dimensions > HNSW_MAX_VECTOR_DIMENSIONS and _pgvector_version(conn) >= (0, 7)
-
-
-#: (database, model, dimensions) whose index this process has already ensured: the DDL
-#: runs once per process and model, not on every write.
-_indexed: set[tuple[str, str, int]] = set()
-
-
-def ensure_vector_index(
-    conn: psycopg.Connection[tuple[object, ...]], model: str, dimensions: int
-) -> bool:
-    """Create the HNSW cosine index of (model, dimensions) if missing (once per process).
-
-    Returns:
-        True if an index exists afterwards; False above 2,000 dimensions without halfvec.
-    """
-    seen = (f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}", model, dimensions)
-    if seen in _indexed:
-        return True
-    halfvec = uses_halfvec(conn, dimensions)
-    if dimensions > HNSW_MAX_VECTOR_DIMENSIONS and not halfvec:
-        logger.warning(
-            "no HNSW index for %s/%s: over 2,000 dimensions needs pgvector >= 0.7 (halfvec); "
-            "set EMBEDDING_DIMENSIONS <= 2000",
-            model,
-            dimensions,
-        )
-        return False
-    ddl = sql.SQL(
-        "CREATE INDEX IF NOT EXISTS {name} ON {schema}.chunks USING hnsw "
-        "((embedding::{vtype}) {ops}) WHERE model = {model} AND dimensions = {dims}"
-    ).format(
-        name=sql.Identifier(index_name(model, dimensions)),
-        schema=sql.Identifier(SCHEMA),
-        vtype=vector_type(dimensions, halfvec),
-        ops=sql.SQL("halfvec_cosine_ops" if halfvec else "vector_cosine_ops"),
-        model=sql.Literal(model),
-        dims=sql.Literal(dimensions),
-    )
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('batch_embedder.index'))")
-        conn.execute(ddl)
-    _indexed.add(seen)
-    return True
+    """Whether vectors of ``dimensions`` are indexed (and searched) as ``halfvec``: above
+    pgvector's 2,000-dimension HNSW limit for ``vector``, when pgvector >= 0.7 (3,072 for
+    ``text-embedding-3-large`` gets an HNSW index on ``halfvec(3072)``, limit 4,000)."""
+    return dimensions > HNSW_MAX_VECTOR_DIMENSIONS and pgvector_version(conn) >= (0, 7)

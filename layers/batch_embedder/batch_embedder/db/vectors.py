@@ -6,13 +6,17 @@ into two temporary staging tables, checked for completeness, then merged into
 and vector are unchanged are left alone) and one ``DELETE`` of each document's chunks that
 are no longer there. Readers see the old version or the new one, never a mix. Running it
 twice leaves the same rows.
+
+A merge that inserts many rows relative to the model's HNSW index is written without the
+index, which is rebuilt after the commit (``db/index.py`` says when and how); every other
+merge inserts into the index. A group is staged with one COPY of its chunks and one of its
+vectors, whatever its number of documents. ``search`` lives in ``db/search.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import ExitStack
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -21,7 +25,18 @@ import psycopg
 from psycopg import sql
 
 from ..records import ChunkRow
-from .schema import SCHEMA, ensure_vector_index, uses_halfvec, vector_type
+from .index import drop_for_load, ensure_index, should_bypass
+from .schema import SCHEMA
+from .search import SearchHit, search
+
+__all__ = [
+    "ChunkWriter",
+    "SearchHit",
+    "delete_document",
+    "lock_object",
+    "newer_objects",
+    "search",
+]
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -40,6 +55,10 @@ class ChunkWriter:
     Vectors are keyed by content sha256 and come from the content store
     (``db/content.py``), where every vector is kept the moment it is paid for;
     ``copy_vectors`` stages vectors directly (benchmarks).
+
+    When the block ends without an exception, after the commit, the model's HNSW index is
+    made sure of (``db/index.ensure_index``): built when missing, or when ``merge`` loaded
+    without it. ``rebuilt`` tells whether the merge went around the index.
     """
 
     def __init__(
@@ -59,6 +78,7 @@ class ChunkWriter:
         self.model = model
         self.dimensions = dimensions
         self._stack = ExitStack()
+        self.rebuilt = False
 
     @property
     def _params(self) -> dict[str, Any]:
@@ -70,7 +90,6 @@ class ChunkWriter:
         }
 
     def __enter__(self) -> ChunkWriter:
-        ensure_vector_index(self.conn, self.model, self.dimensions)
         self._stack.enter_context(self.conn.transaction())
         # Writers of the same document queue up (locks taken in key order: no deadlock);
         # other documents proceed in parallel.
@@ -96,6 +115,8 @@ class ChunkWriter:
         tb: TracebackType | None,
     ) -> None:
         self._stack.__exit__(exc_type, exc, tb)
+        if exc_type is None:
+            ensure_index(self.conn, self.model, self.dimensions)
 
     def copy_chunks(self, rows: Iterable[ChunkRow]) -> int:
         """COPY the group's chunk rows into the staging table.
@@ -241,6 +262,15 @@ class ChunkWriter:
             params,
         )
         match = sql.SQL("f.source_key = e.source_key AND f.sha256 = e.sha256 AND f.occ = e.occ")
+        row = self.conn.execute(
+            sql.SQL(
+                "SELECT count(*) FROM _final f WHERE NOT EXISTS (SELECT 1 FROM _existing e "
+                "WHERE {match})"
+            ).format(match=match)
+        ).fetchone()
+        adding = int(row[0]) if row else 0
+        if should_bypass(self.conn, self.model, self.dimensions, adding):
+            self.rebuilt = drop_for_load(self.conn, self.model, self.dimensions)
         deleted = self.conn.execute(
             sql.SQL(
                 "DELETE FROM {schema}.chunks c USING _existing e WHERE c.id = e.id "
@@ -348,52 +378,3 @@ def delete_document(conn: Conn, *, bucket: str, key: str, sequencer: str = "") -
                 params,
             )
         return deleted
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    """One nearest chunk: ``score`` is cosine similarity (1 = same direction)."""
-
-    bucket: str
-    key: str
-    chunk_index: int
-    score: float
-    text: str
-
-
-def search(
-    conn: Conn,
-    query: np.ndarray[Any, Any],
-    *,
-    model: str,
-    dimensions: int,
-    k: int = 5,
-    prefix: str = "",
-) -> list[SearchHit]:
-    """The ``k`` chunks of (model, dimensions) nearest to ``query`` by cosine distance,
-    only among objects whose key starts with ``prefix`` (all when empty).
-
-    The ORDER BY expression matches the HNSW expression index, so the index is used.
-    """
-    vtype = vector_type(dimensions, uses_halfvec(conn, dimensions))
-    query_sql = sql.SQL(
-        "SELECT source_bucket, source_key, chunk_index, "
-        "1 - (embedding::{vtype} <=> %(q)s::{vtype}) AS score, text "
-        "FROM {schema}.chunks WHERE model = %(model)s AND dimensions = %(dims)s "
-        "AND starts_with(source_key, %(prefix)s) "
-        "ORDER BY embedding::{vtype} <=> %(q)s::{vtype} LIMIT %(k)s"
-    ).format(vtype=vtype, schema=sql.Identifier(SCHEMA))
-    rows = conn.execute(
-        query_sql,
-        {
-            "q": np.asarray(query, dtype=np.float32),
-            "model": model,
-            "dims": dimensions,
-            "k": k,
-            "prefix": prefix,
-        },
-    ).fetchall()
-    return [
-        SearchHit(bucket=r[0], key=r[1], chunk_index=r[2], score=float(r[3]), text=r[4])
-        for r in rows
-    ]

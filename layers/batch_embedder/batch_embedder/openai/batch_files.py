@@ -72,14 +72,16 @@ def parse_custom_id(value: str) -> tuple[str, int, int]:
     return job_id, int(first), int(end)
 
 
-def _line(job_id: str, first: int, texts: list[str], model: str, dimensions: int | None) -> bytes:
+def _line(
+    job_id: str, first: int, texts: list[str], model: str, dimensions: int | None, url: str
+) -> bytes:
     body: dict[str, Any] = {"model": model, "input": texts, "encoding_format": "base64"}
     if dimensions is not None:
         body["dimensions"] = dimensions
     record = {
         "custom_id": custom_id(job_id, first, first + len(texts)),
         "method": "POST",
-        "url": ENDPOINT,
+        "url": url,
         "body": body,
     }
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
@@ -127,8 +129,13 @@ def write_batch_files(
     dimensions: int | None,
     directory: Path,
     limits: BatchLimits | None = None,
+    url: str = ENDPOINT,
 ) -> list[PlannedFile]:
     """Pack ``(seq, text, token_count)`` rows (increasing seqs) into batch files.
+
+    ``model`` is what the lines' ``body.model`` names (an Azure deployment: see
+    ``client.request_model``); ``url`` the lines' endpoint, which must equal the batch's
+    (``/v1/embeddings``; Azure's ``/embeddings``: ``client.batch_endpoint``).
 
     A request closes before it would pass the per-request input or token limit; a file
     closes before it would pass the per-batch request, input, byte or token limit. Files are
@@ -160,7 +167,7 @@ def write_batch_files(
             first = request[0][0]
             texts = [text for _, text, _ in request]
             tokens = sum(t for _, _, t in request)
-            line = _line(job_id, first, texts, model, dimensions)
+            line = _line(job_id, first, texts, model, dimensions, url)
             if current is None or (
                 current.requests + 1 > limits.requests_per_file
                 or current.inputs + len(texts) > limits.inputs_per_file

@@ -1,10 +1,21 @@
 """Embedding prices: the one table every cost figure in the project comes from.
 
-USD per 1,000,000 input tokens, from OpenAI's pricing page
-(https://openai.com/api/pricing/; the Batch API costs 50% of the standard price:
-https://platform.openai.com/docs/guides/batch). Override or extend with the
-``PRICE_OVERRIDES`` environment variable (``PriceOverrides`` parameter):
-``model=standard:batch,...`` or the JSON ``{"model": {"standard": 0.02, "batch": 0.01}}``.
+One table per provider (``EMBEDDING_PROVIDER``), in USD per 1,000,000 input tokens:
+
+- ``openai`` (:data:`PRICES`): OpenAI's pricing page (https://openai.com/api/pricing/;
+  the Batch API costs 50% of the standard price: https://platform.openai.com/docs/guides/batch).
+- ``azure`` (:data:`AZURE_PRICES`): Azure OpenAI's pay-as-you-go (Global) prices of the
+  embedding models, USD 0.00002 / 0.00013 / 0.0001 per 1,000 tokens
+  (https://azure.microsoft.com/pricing/details/cognitive-services/openai-service/). Azure's
+  Batch API does not take embeddings models
+  (https://learn.microsoft.com/azure/ai-foundry/openai/how-to/batch, FAQ); for a
+  deployment that does (``AZURE_OPENAI_BATCH``) the batch price is the documented "50%
+  less cost than global standard" (same page).
+- ``compatible``: your own server (vLLM, Ollama, TEI): no provider bill, 0 for any model.
+
+Override or extend with the ``PRICE_OVERRIDES`` environment variable (``PriceOverrides``
+parameter), which applies to the configured provider: ``model=standard:batch,...`` or the
+JSON ``{"model": {"standard": 0.02, "batch": 0.01}}``.
 """
 
 from __future__ import annotations
@@ -12,8 +23,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Literal
 
 from ..settings import parse_price_overrides
+
+Provider = Literal["openai", "azure", "compatible"]
 
 ONE_MILLION = Decimal(1_000_000)
 
@@ -30,23 +44,59 @@ PRICES: dict[str, Price] = {
     "text-embedding-3-small": Price(standard=Decimal("0.02"), batch=Decimal("0.01")),
     "text-embedding-3-large": Price(standard=Decimal("0.13"), batch=Decimal("0.065")),
     "text-embedding-ada-002": Price(standard=Decimal("0.10"), batch=Decimal("0.05")),
+    # The local model (``local_model.py``) runs on your own CPU: no provider bill.
+    "local-minilm": Price(standard=Decimal(0), batch=Decimal(0)),
+}
+
+#: Azure OpenAI, by model (not deployment) name; sources in the module docstring.
+AZURE_PRICES: dict[str, Price] = {
+    "text-embedding-3-small": Price(standard=Decimal("0.02"), batch=Decimal("0.01")),
+    "text-embedding-3-large": Price(standard=Decimal("0.13"), batch=Decimal("0.065")),
+    "text-embedding-ada-002": Price(standard=Decimal("0.10"), batch=Decimal("0.05")),
+}
+
+#: Price of every model of a ``compatible`` server: it runs on your own hardware.
+FREE = Price(standard=Decimal(0), batch=Decimal(0))
+
+TABLES: dict[Provider, dict[str, Price]] = {
+    "openai": PRICES,
+    "azure": AZURE_PRICES,
+    "compatible": {},
 }
 
 
-def price_for(model: str) -> Price:
-    """The price of ``model``, with ``PRICE_OVERRIDES`` applied.
+def current_provider() -> Provider:
+    """``EMBEDDING_PROVIDER`` from the environment (``openai`` when unset).
 
     Raises:
-        KeyError: the model is in neither the table nor the overrides.
+        ValueError: it is not ``openai``, ``azure`` or ``compatible``.
     """
+    value = os.environ.get("EMBEDDING_PROVIDER", "").strip().lower() or "openai"
+    for provider in TABLES:
+        if provider == value:
+            return provider
+    raise ValueError(f"EMBEDDING_PROVIDER={value!r}: want openai, azure or compatible")
+
+
+def price_for(model: str, provider: Provider | None = None) -> Price:
+    """The price of ``model`` at ``provider`` (default: ``EMBEDDING_PROVIDER``), with
+    ``PRICE_OVERRIDES`` applied; USD per 1M input tokens.
+
+    Raises:
+        KeyError: the model is in neither the provider's table nor the overrides (never
+            for ``compatible``, whose models are free).
+    """
+    provider = provider or current_provider()
     overrides = parse_price_overrides(os.environ.get("PRICE_OVERRIDES", ""))
     if model in overrides:
         standard, batch = overrides[model]
         return Price(standard=standard, batch=batch)
-    try:
-        return PRICES[model]
-    except KeyError:
-        raise KeyError(f"no price for model {model!r}; add it to PRICE_OVERRIDES") from None
+    table = TABLES[provider]
+    if model in table:
+        return table[model]
+    if provider == "compatible" or model == "local-minilm":  # your own hardware
+        return FREE
+    raise KeyError(f"no {provider} price for model {model!r}; add it to PRICE_OVERRIDES")
 
 
 def cost_usd(tokens: int, usd_per_million: Decimal) -> Decimal:
@@ -70,9 +120,10 @@ class CostBreakdown:
         return self.standard_usd - self.batch_usd
 
 
-def breakdown(model: str, tokens: int) -> CostBreakdown:
-    """Batch and standard cost of ``tokens`` input tokens of ``model``."""
-    price = price_for(model)
+def breakdown(model: str, tokens: int, provider: Provider | None = None) -> CostBreakdown:
+    """Batch and standard cost of ``tokens`` input tokens of ``model`` at ``provider``
+    (default: ``EMBEDDING_PROVIDER``)."""
+    price = price_for(model, provider)
     return CostBreakdown(
         tokens=tokens,
         batch_usd=cost_usd(tokens, price.batch),

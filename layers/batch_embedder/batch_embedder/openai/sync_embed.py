@@ -30,7 +30,6 @@ from tenacity import (
 )
 
 from ..aws.rate_bucket import TokenBucket
-from ..settings import Settings
 from .batch_files import BatchLimits, pack_requests
 from .client import QuotaExhaustedError
 from .files import decode_embedding
@@ -50,17 +49,6 @@ class SyncResult:
     rate_limited: int = 0
     retries: int = 0
     waited_seconds: float = 0.0
-
-
-def bucket_for(settings: Settings, model: str) -> TokenBucket:
-    """The RPM/TPM bucket every Lambda shares for ``model`` under this API key's scope."""
-    return TokenBucket(
-        table=settings.usage_table,
-        scope=settings.openai_rate_limit_scope,
-        model=model,
-        requests_per_minute=settings.embeddings_requests_per_minute,
-        tokens_per_minute=settings.embeddings_tokens_per_minute,
-    )
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -107,8 +95,11 @@ def embed_sync(
     """Embed ``rows`` of ``(text, token_count)``; returns their vectors in the same order.
 
     Args:
-        client: an ``openai.OpenAI`` with ``max_retries=0`` (retries happen here).
+        client: an ``openai.OpenAI`` (or ``AzureOpenAI``) with ``max_retries=0`` (retries
+            happen here).
         rows: texts with their exact cl100k_base token counts (what the bucket is charged).
+        model: what the request names: the model, or the Azure deployment
+            (``client.request_model``).
         dimensions: the ``dimensions`` parameter, or None for the model's native size.
         bucket: the shared RPM/TPM bucket; None to call without pacing (tests, search).
         max_wait_seconds: longest single wait for the bucket, seconds.
@@ -157,7 +148,9 @@ def embed_sync(
         response = retrying(call)
         result.retries += retrying.statistics.get("attempt_number", 1) - 1
         result.requests += 1
-        result.billed_tokens += response.usage.total_tokens
+        # A compatible server that reports no usage is counted with cl100k_base's tokens.
+        usage = getattr(response, "usage", None)
+        result.billed_tokens += usage.total_tokens if usage is not None else tokens
         first = request[0][0]
         for item in response.data:
             result.vectors[first + item.index] = decode_embedding(item.embedding)

@@ -17,14 +17,21 @@ from openai.types import Batch
 from pydantic import TypeAdapter
 
 from ..aws import jobs, s3
-from ..aws.batch_queue import BatchQueueLimits
+from ..aws.limiters import batch_queue
 from ..aws.registry import BatchRegistry
 from ..metrics import emit
 from ..models import BatchFile, BatchRef, BatchStatus, ReservedJob, SubmittedJob, UploadedJob
-from ..openai.batch_files import ENDPOINT, BatchLimits, write_batch_files
-from ..openai.client import get_client, raise_if_quota_exhausted
+from ..openai.batch_files import BatchLimits, write_batch_files
+from ..openai.client import (
+    batch_endpoint,
+    get_client,
+    provider_calls,
+    raise_if_quota_exhausted,
+    request_dimensions_for,
+    request_model,
+)
 from ..records import EmbedRow
-from ..settings import Settings, request_dimensions
+from ..settings import Settings
 
 logger = Logger(child=True)
 
@@ -53,7 +60,11 @@ def build_and_upload_jsonl(
     so a retry reuses them.
 
     Raises:
-        openai.APIError: the upload failed after the SDK's retries.
+        ProviderUnavailableError: OpenAI did not answer (connection error, timeout, 5xx)
+            after the SDK's retries; the state machine waits in
+            ``ProviderDegradedUpload`` and runs the step again.
+        ProviderOutageTooLongError: this execution has waited ``PROVIDER_OUTAGE_SECONDS``.
+        openai.APIError: any other failed upload (a 4xx), after the SDK's retries.
     """
     recorded = jobs.recorded_uploads(settings.jobs_table, job.job_id, job.embed_round)
     if recorded is not None:  # a retry: the files of this round are uploaded already
@@ -67,7 +78,10 @@ def build_and_upload_jsonl(
     source = job.pending.manifest if job.pending is not None else job.embed.manifest
     first_round = job.pending is None
     excluded = set(job.excluded_prefixes)
-    with tempfile.TemporaryDirectory(prefix="batch-embedder-") as tmp:
+    with (
+        provider_calls(settings, job_id=job.job_id, source=job.source),
+        tempfile.TemporaryDirectory(prefix="batch-embedder-") as tmp,
+    ):
         rows = (
             (r.seq, r.text, r.token_count)
             for r in (EmbedRow.model_validate(x) for x in s3.iter_jsonl(source.bucket, source.key))
@@ -76,9 +90,10 @@ def build_and_upload_jsonl(
         planned = write_batch_files(
             rows,
             job_id=job.job_id,
-            model=job.model,
-            dimensions=request_dimensions(job.model, job.dimensions),
+            model=request_model(settings, job.model),
+            dimensions=request_dimensions_for(settings, job.model, job.dimensions),
             directory=Path(tmp),
+            url=batch_endpoint(settings),
             limits=limits
             or BatchLimits(
                 inputs_per_request=settings.batch_inputs_per_request,
@@ -122,18 +137,6 @@ def _find_created_batch(client: openai.OpenAI, job_id: str, input_file_id: str) 
     return None
 
 
-def batch_queue(settings: Settings, model: str) -> BatchQueueLimits:
-    """The Batch API's own limits for ``model`` (creations per hour, enqueued tokens)."""
-    return BatchQueueLimits(
-        table=settings.usage_table,
-        scope=settings.openai_rate_limit_scope,
-        model=model,
-        creations_per_hour=settings.batch_creations_per_hour,
-        enqueued_token_cap=settings.batch_enqueued_token_cap,
-        full_queue_wait_seconds=float(settings.batch_queue_full_wait_seconds),
-    )
-
-
 def queue_key(job_id: str, input_file_id: str) -> str:
     """The batch-queue record of one batch input file."""
     return f"{job_id}/{input_file_id}"
@@ -169,8 +172,18 @@ def create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
     Raises:
         QuotaExhaustedError: OpenAI says the account has no credit.
         ValueError: one file alone holds more tokens than the enqueued-token cap.
-        openai.APIError: creation failed after the SDK's retries.
+        ProviderUnavailableError: OpenAI did not answer (connection error, timeout, 5xx)
+            after the SDK's retries; the state machine waits in
+            ``ProviderDegradedCreate`` and runs the step again (a batch created
+            before the error is found by its claim and metadata, never created twice).
+        ProviderOutageTooLongError: this execution has waited ``PROVIDER_OUTAGE_SECONDS``.
+        openai.APIError: any other failed creation (a 4xx), after the SDK's retries.
     """
+    with provider_calls(settings, job_id=job.job_id, source=job.source):
+        return _create_batches(job, settings)
+
+
+def _create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
     client = get_client(settings)
     queue = batch_queue(settings, job.model)
     refs: list[BatchRef] = []
@@ -202,7 +215,7 @@ def create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
             try:
                 batch = client.batches.create(
                     input_file_id=f.file_id,
-                    endpoint=ENDPOINT,
+                    endpoint=batch_endpoint(settings),  # type: ignore[arg-type]
                     completion_window="24h",
                     output_expires_after={
                         "anchor": "created_at",

@@ -97,10 +97,16 @@ def reserve_budget(job: ChunkedJob, settings: Settings) -> BudgetDecision:
     Raises:
         BudgetExceededError: the model's counter has no room (action ``fail``, or the group
             is larger than a whole day's limit); nothing is reserved then.
-        ProviderAuthFailedError: OpenAI refused the API key (checked first, with one
-            ``GET /v1/models/{model}``, which is not billed); nothing is reserved.
+        ProviderAuthFailedError: the provider refused the API key or token (checked
+            first, with one ``GET /v1/models/{model}``, which is not billed:
+            ``client.check_provider``, for OpenAI, Azure and compatible servers alike);
+            nothing is reserved.
+        ProviderUnavailableError: the provider did not answer that check (connection error,
+            timeout, 5xx): the state machine waits in ``ProviderDegradedBudget`` and
+            checks again; nothing is reserved.
+        ProviderOutageTooLongError: this execution has waited ``PROVIDER_OUTAGE_SECONDS``.
     """
-    check_provider(settings, job.model, job.source)
+    check_provider(settings, job.model, job.source, job_id=job.job_id)
     day = budget.utc_day()
     excluded = {
         p

@@ -21,6 +21,7 @@ from ..db.connection import connect_settings
 from ..db.vectors import newer_objects
 from ..metrics import emit
 from ..models import ChunkedJob, EmbedPlan, S3Location
+from ..openai.client import sync_only
 from ..records import ChunkRow, EmbedRow
 from ..settings import Settings
 from .chunk import job_key
@@ -53,7 +54,9 @@ def check_cache(job: ChunkedJob, settings: Settings) -> ChunkedJob:
 
     Writes ``jobs/<job>/embed.jsonl`` (:class:`EmbedRow`) and picks the API per content:
     the synchronous API for contents an urgent document needs, the Batch API for the rest
-    (``sync+batch`` when both). ``none`` when nothing is left.
+    (``sync+batch`` when both). ``none`` when nothing is left. A provider without a Batch
+    API for embeddings (``client.sync_only``: ``compatible``, Azure by default) makes every
+    content urgent, so all of them go synchronous, in this round and the next ones.
 
     Returns:
         The group with ``embed`` set: only ``embed.tokens`` are reserved and paid for.
@@ -66,13 +69,14 @@ def check_cache(job: ChunkedJob, settings: Settings) -> ChunkedJob:
             conn, job.bucket, {r.object_key or r.source_key: r.sequencer for r in rows_in}
         )
     contents: dict[str, _Content] = {}
+    all_sync = sync_only(settings)
     per_chunk: list[str] = []
     for row in rows_in:
         if (row.object_key or row.source_key) in newer:
             continue  # a newer event of this key was applied: nothing to buy for it
         per_chunk.append(row.sha256)
         content = contents.setdefault(row.sha256, _Content(row.text, row.token_count))
-        content.urgent = content.urgent or row.urgent
+        content.urgent = content.urgent or row.urgent or all_sync
         content.prefixes.add(row.prefix)
     with connect_settings(settings) as conn:
         view = cache.plan(

@@ -9,13 +9,20 @@ newest event counts (highest ``sequencer``): a delete, or an upload that is one 
 - a prefix manifest (``*.manifest.json``): ``{"prefix": "bulk/2026-11/"}``, one document
   per object under that prefix of the same bucket.
 
+An upload whose ETag or bytes are those of the event already embedded for its key, under
+the same settings, is *unchanged*: it is neither decoded nor chunked and costs no token
+(``steps/unchanged.py``; one database lookup per group). ``unchanged`` in the output lists
+them.
+
 A bad document is left out and reported by name and reason (``documents.jsonl`` and the
-execution's output); it never fails the rest of the group. A group with nothing to embed
-and nothing to delete fails with InvalidDocument, naming every file and its reason.
+execution's output); it never fails the rest of the group. A group with nothing to embed,
+nothing to delete and nothing unchanged fails with InvalidDocument, naming every file and
+its reason.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +32,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from ..aws import metering, s3
-from ..chunking import chunk_text
+from ..chunking import chunk_texts
 from ..documents import Decoded, extract_document, normalize_text, read_text
 from ..errors import InvalidDocumentError
 from ..metrics import emit
@@ -34,6 +41,7 @@ from ..openai import pricing
 from ..records import ChunkRow, DocumentOutcome, sequencer_key
 from ..settings import Settings
 from ..tokenizer import get_encoding
+from .unchanged import Unchanged
 
 logger = Logger(child=True)
 
@@ -177,7 +185,9 @@ def _read(upload: Upload, settings: Settings) -> tuple[Upload, bytes, str | None
     return upload, data, etag, _is_urgent(upload, settings)
 
 
-def _documents(creates: list[Upload], settings: Settings, out: _Outcomes) -> Iterator[Doc]:
+def _documents(
+    creates: list[Upload], settings: Settings, out: _Outcomes, skip: Unchanged
+) -> Iterator[Doc]:
     with ThreadPoolExecutor(max_workers=READ_CONCURRENCY) as pool:
         for upload, read in zip(
             creates, pool.map(metering.propagate(lambda u: _read(u, settings)), creates),
@@ -187,6 +197,8 @@ def _documents(creates: list[Upload], settings: Settings, out: _Outcomes) -> Ite
                 out.reject(upload.key, read)
                 continue
             _, data, etag, urgent = read
+            if not upload.key.endswith(MANIFEST_SUFFIX) and skip.same_bytes(upload, data, etag):
+                continue  # unchanged: neither decoded nor chunked
             version = upload.version_id or etag or upload.etag
             sequencer = sequencer_key(upload.sequencer)
             if upload.key.endswith(BUNDLE_SUFFIX):
@@ -205,6 +217,11 @@ def _documents(creates: list[Upload], settings: Settings, out: _Outcomes) -> Ite
                               decoded.encoding)  # fmt: skip
                 except InvalidDocumentError as exc:
                     out.reject(upload.key, exc.reason)
+
+
+def _skippable(upload: Upload) -> bool:
+    # A prefix manifest stands for the objects under its prefix: never skipped.
+    return not upload.key.endswith(MANIFEST_SUFFIX)
 
 
 def budget_prefix(settings: Settings, key: str) -> str:
@@ -252,15 +269,19 @@ def chunk_and_estimate(request: GroupRequest, settings: Settings) -> ChunkedJob:
     )  # fmt: skip
     encoding = get_encoding()
     counts = {"chunks": 0, "tokens": 0, "documents": 0, "urgent": 0}
+    skip = Unchanged.open(settings, bucket, [u for u in creates if _skippable(u)])
+    creates = skip.split(creates)
 
     def rows() -> Iterator[dict[str, object]]:
-        for doc in _documents(creates, settings, out):
-            chunks = chunk_text(
-                doc.text,
-                max_tokens=settings.chunk_tokens,
-                overlap_tokens=settings.chunk_overlap_tokens,
-                encoding=encoding,
-            )
+        docs, texts = itertools.tee(_documents(creates, settings, out, skip))
+        # The next documents are encoded on two threads while this one is planned.
+        chunked = chunk_texts(
+            (d.text for d in texts),
+            max_tokens=settings.chunk_tokens,
+            overlap_tokens=settings.chunk_overlap_tokens,
+            encoding=encoding,
+        )
+        for doc, chunks in zip(docs, chunked, strict=True):
             if not chunks:
                 out.reject(doc.key, "contains no text to embed")
                 continue
@@ -286,14 +307,18 @@ def chunk_and_estimate(request: GroupRequest, settings: Settings) -> ChunkedJob:
                 counts["tokens"] += c.token_count
 
     manifest = S3Location(bucket=settings.work_bucket, key=job_key(request.job_id, "chunks.jsonl"))
-    s3.write_jsonl(manifest.bucket, manifest.key, rows())
+    try:
+        s3.write_jsonl(manifest.bucket, manifest.key, rows())
+    finally:
+        skip.record({r.object_key or r.key for r in out.rows if r.status == "accepted"})
+    out.rows.extend(DocumentOutcome(key=k, status="unchanged", object_key=k) for k in skip.keys)
     outcomes = S3Location(
         bucket=settings.work_bucket, key=job_key(request.job_id, "documents.jsonl")
     )
     s3.write_jsonl(outcomes.bucket, outcomes.key, (r.model_dump() for r in out.rows))
     rejected = out.rejected
     shown = [f"{r.key}: {r.reason}" for r in rejected[:MAX_REJECTED_SHOWN]]
-    if counts["chunks"] == 0 and not deletes:
+    if counts["chunks"] == 0 and not deletes and not skip.keys:
         raise InvalidDocumentError(
             describe([u.key for u in latest]),
             f"nothing to embed ({len(rejected)} rejected: {'; '.join(shown[:5])})",
@@ -304,7 +329,10 @@ def chunk_and_estimate(request: GroupRequest, settings: Settings) -> ChunkedJob:
     if rejected:
         emit("rejected_documents", len(rejected), MetricUnit.Count)
         logger.warning("documents left out", extra={"count": len(rejected), "first": shown})
-    logger.info("chunked", extra={"uploads": len(request.uploads), **counts})
+    if skip.keys:
+        emit("unchanged_documents", len(skip.keys), MetricUnit.Count)
+    logger.info("chunked", extra={"uploads": len(request.uploads), "unchanged": len(skip.keys),
+                                  **counts})  # fmt: skip
     return ChunkedJob(
         job_id=request.job_id,
         execution_arn=request.execution_arn,
@@ -328,4 +356,6 @@ def chunk_and_estimate(request: GroupRequest, settings: Settings) -> ChunkedJob:
             u.key: sequencer_key(u.sequencer) for u in latest if u.event == "Object Deleted"
         },
         urgent_documents=counts["urgent"],
+        unchanged=skip.keys[:MAX_REJECTED_SHOWN],
+        unchanged_count=len(skip.keys),
     )

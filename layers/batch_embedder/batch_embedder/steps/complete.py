@@ -35,13 +35,13 @@ from openai.types.webhooks import (
 )
 from pydantic import BaseModel
 
-from ..aws import jobs, metering
+from ..aws import jobs, metering, provider_health
 from ..aws.clients import client
 from ..aws.registry import BatchRegistry, RegisteredBatch
 from ..aws.secrets import webhook_secret
 from ..metrics import emit
 from ..models import BatchesOutcome, SubmittedJob
-from ..openai.client import get_client
+from ..openai.client import OUTAGE_ERRORS, get_client
 from ..openai.files import delete_files
 from ..service_models import (
     FunctionUrlRequest,
@@ -162,6 +162,8 @@ def receive_webhook(event: FunctionUrlRequest, settings: Settings) -> WebhookRes
     Returns:
         400 for an unsigned, forged or stale delivery (nothing changed); 200 otherwise
         (a repeat, an unknown batch or another event type are logged and acknowledged).
+        A retrieve that fails (OpenAI down) raises: the Function URL answers 500 and
+        OpenAI delivers again; one that succeeds clears a recorded outage.
     """
     headers = dict(event.headers)
     body = event.body
@@ -187,7 +189,9 @@ def receive_webhook(event: FunctionUrlRequest, settings: Settings) -> WebhookRes
         return WebhookResponse.of(200, "duplicate")
     # Remembered only once handled: a delivery that fails midway (OpenAI unreachable) is
     # retried by OpenAI and handled again; handling twice is harmless (idempotent).
-    record_batch(settings, api.batches.retrieve(batch_id))
+    batch = api.batches.retrieve(batch_id)
+    provider_health.recovered(settings)  # OpenAI answered: end a recorded outage
+    record_batch(settings, batch)
     if webhook_id:
         registry.first_delivery(webhook_id)
     return WebhookResponse.of(200, "ok")
@@ -219,11 +223,17 @@ def reconcile(_event: ScheduledEvent, settings: Settings) -> ReconcileResult:
     will read it), ingests what it returned, and settles the owner's money again
     (``steps.settle``): no paid batch is abandoned. Its cost is per open batch per run
     (``ReconcileMinutes``), never per document.
+
+    During an outage (connection errors, timeouts, 5xx) each batch it cannot reach is left
+    for the next run and the outage is recorded (``aws/provider_health.py``: the
+    ``ProviderDegraded`` metric); a run that reaches OpenAI again clears it. It never
+    fails for an outage.
     """
     api = get_client(settings)
     registry = _registry(settings)
     open_batches: list[RegisteredBatch] = registry.open_batches()
     finished = sent = cancelled = 0
+    answered, outage = False, ""
     alive: dict[str, bool] = {}
     orphans: dict[str, str] = {}
     for registered in open_batches:
@@ -233,6 +243,7 @@ def reconcile(_event: ScheduledEvent, settings: Settings) -> ReconcileResult:
         if registered.ref is None:
             try:
                 batch = api.batches.retrieve(registered.batch_id)
+                answered = True
                 if batch.status in TERMINAL:
                     finished += 1
                     sent += int(record_batch(settings, batch))
@@ -242,11 +253,17 @@ def reconcile(_event: ScheduledEvent, settings: Settings) -> ReconcileResult:
                     continue
                 else:
                     continue
-            except openai.APIError:
+            except openai.APIError as exc:
+                if isinstance(exc, OUTAGE_ERRORS):
+                    outage = f"{type(exc).__name__}: {exc}"
                 logger.exception("could not reach a batch; next run", extra={"batch": registered})
                 continue
         if not owner_alive:
             orphans[registered.owner] = registered.model
+    if outage:
+        provider_health.record_outage(settings, error=outage, job_id=None)
+    elif answered:
+        provider_health.recovered(settings)
     adopted = 0
     for owner, model in orphans.items():
         collected = collect_batches(settings, owner)

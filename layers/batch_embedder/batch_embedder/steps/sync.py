@@ -16,16 +16,17 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from ..aws import s3
+from ..aws.limiters import token_bucket
 from ..db.connection import connect_settings
 from ..db.content import ContentStore, sync_purchase
 from ..errors import ConfigurationError
 from ..metrics import emit
 from ..models import SyncOutput, WriteInput
 from ..openai.batch_files import MAX_TOKENS_PER_REQUEST, BatchLimits, custom_id, pack_requests
-from ..openai.client import get_client
-from ..openai.sync_embed import bucket_for, embed_sync
+from ..openai.client import get_client, provider_calls, request_dimensions_for, request_model
+from ..openai.sync_embed import embed_sync
 from ..records import EmbedRow
-from ..settings import Settings, request_dimensions
+from ..settings import Settings
 
 logger = Logger(child=True)
 
@@ -59,6 +60,11 @@ def embed_sync_step(job: WriteInput, settings: Settings) -> WriteInput:
         ConfigurationError: one chunk holds more tokens than the bucket's tokens per
             minute: it could never be sent (raised before anything is bought).
         QuotaExhaustedError: the account has no credit.
+        ProviderUnavailableError: OpenAI did not answer after the retries (connection
+            error, timeout, 5xx): what earlier requests bought is stored; the state
+            machine waits in ``ProviderDegradedSync`` and runs the step again, which
+            buys only the rest (a timed-out request's intent is counted as billed).
+        ProviderOutageTooLongError: this execution has waited ``PROVIDER_OUTAGE_SECONDS``.
     """
     phase = "fallback" if job.pending is not None else "urgent"
     rows = _rows(job)
@@ -71,14 +77,17 @@ def embed_sync_step(job: WriteInput, settings: Settings) -> WriteInput:
             "nothing was bought"
         )
     client = get_client(settings, max_retries=0)
-    bucket = bucket_for(settings, job.model)
-    dims = request_dimensions(job.model, job.dimensions)
+    bucket = token_bucket(settings, job.model)
+    dims = request_dimensions_for(settings, job.model, job.dimensions)
     limits = BatchLimits(
         inputs_per_request=settings.batch_inputs_per_request, tokens_per_request=tokens_cap
     )
     totals = {"billed": 0, "requests": 0, "rate_limited": 0, "waited": 0.0, "chunks": 0}
     attempt = uuid.uuid4().hex[:8]
-    with connect_settings(settings) as conn:
+    with (
+        provider_calls(settings, job_id=job.job_id, source=job.source),
+        connect_settings(settings) as conn,
+    ):
         store = ContentStore(conn, model=job.model, dimensions=job.dimensions)
         lost = store.mark_lost(job.job_id)
         if lost:
@@ -95,7 +104,7 @@ def embed_sync_step(job: WriteInput, settings: Settings) -> WriteInput:
                 result = embed_sync(
                     client,
                     [(text, tokens) for _, text, tokens in request],
-                    model=job.model,
+                    model=request_model(settings, job.model),
                     dimensions=dims,
                     bucket=bucket,
                     max_wait_seconds=settings.rate_limit_max_wait_seconds,

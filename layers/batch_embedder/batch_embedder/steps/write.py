@@ -38,7 +38,7 @@ from ..errors import (
 )
 from ..metrics import emit
 from ..models import EmbedPlan, PendingWork, S3Location, WriteInput, WriteResult, WrittenJob
-from ..openai.client import get_client
+from ..openai.client import get_client, provider_calls
 from ..records import ChunkRow, DocumentOutcome, EmbedRow
 from ..settings import Settings
 from .batch import TERMINAL
@@ -145,8 +145,11 @@ def fetch_and_write(job: WriteInput, settings: Settings) -> WrittenJob:
         store = ContentStore(conn, model=job.model, dimensions=job.dimensions)
         if terminal:
             api = get_client(settings)
-            for ref in terminal:
-                ingest_batch(api, store, registry, job_id=job.job_id, ref=ref, manifest=manifest)
+            with provider_calls(settings, job_id=job.job_id, source=job.source):
+                for ref in terminal:
+                    ingest_batch(
+                        api, store, registry, job_id=job.job_id, ref=ref, manifest=manifest
+                    )
         with ChunkWriter(
             conn,
             bucket=job.bucket,

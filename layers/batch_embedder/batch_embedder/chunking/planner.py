@@ -1,53 +1,21 @@
-"""Split a normalised document into overlapping chunks of at most ``max_tokens`` tokens.
+"""Where each chunk of a document starts and ends, and its exact token count.
 
-Every chunk is a substring of the document (``document[char_start:char_end] == text``) and
-its ``token_count`` is exactly ``len(encoding.encode_ordinary(text))``: the figure the
-embeddings endpoint bills and checks against its 8,191-token per-input cap.
-
-How it stays fast (the document is tokenised once, never once per chunk):
-
-1. The whole document is encoded once (``encode_to_numpy``, in a few segments on two threads;
-   tiktoken releases the GIL). Token byte lengths turn into a byte offset per token, and byte
-   offsets map to character offsets, so a window of N tokens is a character range.
-2. Each chunk's end is chosen inside its window: the last paragraph break (``\\n\\n``) in the
-   last half of the window, else the last sentence end or line break in the last quarter,
-   else the last space there, else the token boundary at the window's end.
-3. The count of the chosen substring is made exact without re-encoding it. The cl100k_base
-   pre-tokeniser never puts a space that follows a non-space character into the same piece
-   as that character, and its pieces look ahead at most one character, past whitespace
-   only. So at such a *safe point* the pieces of any substring and of the whole document
-   agree, and the count of ``text[a:b]`` is ``encode(text[a:x]) + (document tokens in
-   [x, y)) + encode(text[y:b])``, with ``x`` the first and ``y`` the last safe point inside
-   the chunk: two tiny encodes. For other encodings, or a chunk without safe points (CJK,
-   one huge word), the chunk is encoded whole. The tests check both paths agree.
-4. A chunk whose exact count is over the limit (the pre-tokeniser splits an edge differently
-   from the document) is re-planned with a smaller budget; a rare last resort searches the
-   end by bisection on exact counts.
+``Planner`` walks a document once, chunk by chunk, over the token offsets of its one encode
+(``tokens.TokenOffsets``). Steps 2 to 4 of ``chunking``'s module doc are here.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import itertools
-import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
-
-from batch_embedder.settings import MAX_TOKENS_PER_INPUT
-from batch_embedder.tokenizer import get_encoding
+from batch_embedder.chunking.tokens import SAFE_POINT as _SAFE_POINT
+from batch_embedder.chunking.tokens import TokenOffsets
 
 if TYPE_CHECKING:
     import tiktoken
-
-#: Smallest accepted ``max_tokens``: one character is at most 4 UTF-8 bytes, so at most 4
-#: tokens, and every chunk must be able to hold one new character.
-MIN_MAX_TOKENS = 4
 
 #: A paragraph break is a cut candidate in this last fraction of the token window.
 PARAGRAPH_ZONE = 0.5
@@ -56,24 +24,12 @@ SENTENCE_ZONE = 0.25
 
 #: Sentence ends (the cut goes after the first character of the separator).
 _SENTENCE_ENDS = (". ", "! ", "? ", "。", "！", "？")
-
-#: Encodings whose pre-tokeniser keeps "non-space, then space" in two pieces (see module doc).
-_SAFE_POINT_ENCODINGS = frozenset({"cl100k_base"})
-
-#: Documents shorter than this (characters) are encoded in one call, without threads.
-_PARALLEL_MIN_CHARS = 1 << 18
-#: Threads for the one-off encode of the document (tiktoken releases the GIL).
-_THREADS = max(1, min(2, os.cpu_count() or 1))
-#: Segments per thread: a few, so that one slow segment does not leave a core idle.
-_SEGMENTS_PER_THREAD = 4
 #: Re-plans of one chunk with a smaller budget before the bisection fallback.
 _MAX_REPLANS = 8
 #: Spaces preceded by whitespace skipped when looking back for a safe point.
 _MAX_SAFE_POINT_STEPS = 64
 
 _NON_SPACE = re.compile(r"\S")
-#: A space right after a non-space character: the space's index is a safe point.
-_SAFE_POINT = re.compile(r"(?<=\S) ")
 #: What ends right before a sentence start (for the overlap): ". ", "! ", "? ", a line break.
 _SENTENCE_START = re.compile(r"[.!?] |\n|[。！？]")
 _WORD_GAP = re.compile(r" ")
@@ -104,58 +60,6 @@ class Chunk:
     char_end: int
 
 
-def chunk_text(
-    text: str,
-    *,
-    max_tokens: int = 512,
-    overlap_tokens: int = 64,
-    encoding: tiktoken.Encoding | None = None,
-) -> list[Chunk]:
-    """Split ``text`` into overlapping chunks of at most ``max_tokens`` tokens each.
-
-    Args:
-        text: the document, normally the output of ``documents.decode_document`` (any string
-            works; whitespace is not normalised here).
-        max_tokens: hard limit on each chunk's exact token count, ``MIN_MAX_TOKENS`` (4) to
-            ``MAX_TOKENS_PER_INPUT`` (8,191).
-        overlap_tokens: tokens the start of a chunk repeats from the end of the previous one,
-            ``0 <= overlap_tokens < max_tokens``. The start moves to the nearest sentence
-            start (else word start) between ``overlap_tokens / 4`` tokens further back and
-            ``overlap_tokens / 2`` tokens further on, so the real overlap is about
-            ``0.5x`` to ``1.25x`` ``overlap_tokens``.
-        encoding: the tokenizer; default ``tokenizer.get_encoding()`` (offline cl100k_base).
-
-    Returns:
-        The chunks in document order, ``index`` 0, 1, ... Empty for a text that is empty or
-        only whitespace. Each chunk is ``text[char_start:char_end]`` with leading and trailing
-        whitespace excluded; consecutive chunks overlap (or, with ``overlap_tokens=0``, are
-        separated by whitespace only), so together they cover every non-whitespace character;
-        each chunk reaches further than the previous one. Same input, same chunks.
-
-    Cost: one encode of the whole text (on up to two threads, for texts of 256 Ki characters
-    or more) plus two encodes of a few characters per chunk; about as fast as one
-    ``encode_ordinary`` of the text (see ``benchmarks/chunking_speed.py``).
-
-    Raises:
-        ValueError: ``max_tokens`` or ``overlap_tokens`` is out of range (the message names
-            them), or ``text`` holds lone surrogates (it is not valid Unicode).
-    """
-    if not (0 <= overlap_tokens < max_tokens <= MAX_TOKENS_PER_INPUT):
-        raise ValueError(
-            f"chunking needs 0 <= overlap_tokens ({overlap_tokens}) < max_tokens ({max_tokens})"
-            f" <= {MAX_TOKENS_PER_INPUT}"
-        )
-    if max_tokens < MIN_MAX_TOKENS:
-        raise ValueError(
-            f"max_tokens ({max_tokens}) must be at least {MIN_MAX_TOKENS}: one character can "
-            f"take {MIN_MAX_TOKENS} tokens"
-        )
-    enc = encoding if encoding is not None else get_encoding()
-    return _Chunker(
-        text, enc, max_tokens, overlap_tokens, safe_points=enc.name in _SAFE_POINT_ENCODINGS
-    ).run()
-
-
 def make_chunk(index: int, text: str, token_count: int, char_start: int) -> Chunk:
     """A ``Chunk`` for ``text`` found at ``char_start`` (characters), with its SHA-256 filled in.
 
@@ -171,59 +75,13 @@ def make_chunk(index: int, text: str, token_count: int, char_start: int) -> Chun
     )
 
 
-@functools.lru_cache(maxsize=8)
-def _token_byte_lengths(enc: tiktoken.Encoding) -> npt.NDArray[np.int32]:
-    """Byte length of every token id of ``enc`` (0 for ids that are not tokens)."""
-    table = np.zeros(enc.max_token_value + 1, dtype=np.int32)
-    for token in range(enc.max_token_value + 1):
-        try:
-            table[token] = len(enc.decode_single_token_bytes(token))
-        except KeyError:
-            continue
-    return table
-
-
-def _encode(enc: tiktoken.Encoding, text: str) -> npt.NDArray[np.uint32]:
-    # Same tokens as encode_ordinary (special tokens are plain text), without a Python list.
-    return enc.encode_to_numpy(text, disallowed_special=())
-
-
-def _segments(text: str, parts: int) -> list[str]:
-    """``text`` cut at safe points into about ``parts`` pieces of similar size."""
-    if parts <= 1 or len(text) < _PARALLEL_MIN_CHARS:
-        return [text]
-    cuts = [0]
-    for k in range(1, parts):
-        match = _SAFE_POINT.search(text, max(cuts[-1] + 1, len(text) * k // parts))
-        if match is None:
-            break
-        cuts.append(match.start())
-    cuts.append(len(text))
-    return [text[start:end] for start, end in itertools.pairwise(cuts)]
-
-
-def _token_starts(enc: tiktoken.Encoding, text: str, n_bytes: int) -> npt.NDArray[np.int64]:
-    """Byte offset of the start of every token of ``text``, then ``n_bytes``: shape (n + 1,)."""
-    segments = _segments(text, _THREADS * _SEGMENTS_PER_THREAD)
-    if len(segments) == 1:
-        arrays = [_encode(enc, text)]
-    else:
-        with ThreadPoolExecutor(_THREADS) as pool:
-            arrays = list(pool.map(functools.partial(_encode, enc), segments))
-    tokens = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
-    starts = np.zeros(len(tokens) + 1, dtype=np.int64)
-    np.cumsum(_token_byte_lengths(enc)[tokens], dtype=np.int64, out=starts[1:])
-    if int(starts[-1]) != n_bytes:  # pragma: no cover - would be a tiktoken bug
-        raise RuntimeError(f"tokens cover {int(starts[-1])} bytes of {n_bytes}")
-    return starts
-
-
-class _Chunker:
+class Planner:
     """State of one ``chunk_text`` call; positions are characters unless named ``*_byte``."""
 
     def __init__(
         self,
         text: str,
+        offsets: TokenOffsets,
         enc: tiktoken.Encoding,
         max_tokens: int,
         overlap: int,
@@ -236,58 +94,12 @@ class _Chunker:
         self.overlap = overlap
         self.safe_points = safe_points
         self.content_end = len(text.rstrip())
-        try:
-            self.data = text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(
-                f"text holds a lone surrogate at character {exc.start}; it is not valid Unicode"
-            ) from None
-        self.ascii = len(self.data) == len(text)
-        if not self.ascii:
-            raw = np.frombuffer(self.data, dtype=np.uint8)
-            # Byte offsets of UTF-8 continuation bytes, and the character owning each one.
-            self.cont: npt.NDArray[np.int64] = np.flatnonzero((raw & 0xC0) == 0x80)
-            self.owner: npt.NDArray[np.int64] = self.cont - np.arange(len(self.cont)) - 1
-        self.starts = (
-            _token_starts(enc, text, len(self.data)) if self.content_end else np.zeros(1, np.int64)
-        )
-        self.n_tokens = len(self.starts) - 1
-
-    # -- offsets ---------------------------------------------------------------------------
-
-    def _byte(self, char: int) -> int:
-        if self.ascii:
-            return char
-        return char + int(self.owner.searchsorted(char, "left"))
-
-    def _char(self, byte: int) -> int:
-        """The character holding ``byte`` (or starting there); ``len(text)`` at the end."""
-        if self.ascii:
-            return byte
-        char = byte - int(self.cont.searchsorted(byte, "left"))
-        if byte < len(self.data) and self.data[byte] & 0xC0 == 0x80:
-            char -= 1
-        return char
-
-    def _token_at(self, char: int) -> int:
-        """Index of the token holding the first byte of character ``char``."""
-        return int(self.starts.searchsorted(self._byte(char), "right")) - 1
-
-    def _tokens_before(self, char: int) -> int:
-        """Number of tokens that start before character ``char``."""
-        return int(self.starts.searchsorted(self._byte(char), "left"))
-
-    def _char_of_token(self, token: int) -> int:
-        """Character where token ``token`` starts (clamped to the text)."""
-        token = min(max(token, 0), self.n_tokens)
-        return self._char(int(self.starts[token]))
-
-    def _exact_token(self, char: int) -> int | None:
-        byte = self._byte(char)
-        index = int(self.starts.searchsorted(byte, "left"))
-        if index < len(self.starts) and int(self.starts[index]) == byte:
-            return index
-        return None
+        self.offsets = offsets
+        self.n_tokens = offsets.n_tokens
+        self._token_at = offsets.token_at
+        self._tokens_before = offsets.tokens_before
+        self._char_of_token = offsets.char_of_token
+        self._exact_token = offsets.exact_token
 
     # -- text helpers ----------------------------------------------------------------------
 
@@ -477,6 +289,7 @@ class _Chunker:
         return min(new_start, next_new)
 
     def run(self) -> list[Chunk]:
+        """The chunks of the text (see ``chunk_text``)."""
         text = self.text
         start = self._next_non_space(0)
         if start >= self.content_end:

@@ -1,0 +1,161 @@
+"""The HNSW index around loads (db/index.py), on the real embedded Postgres.
+
+A large load goes around the index and rebuilds it; a small one inserts into it; a build
+that died is redone; filtered searches return ``k`` rows even when the filter is selective.
+Each test writes its own model name, so they share the database without seeing each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from batch_embedder.db.connection import connect
+from batch_embedder.db.index import REBUILD_MIN_ROWS, ensure_index, index_state, should_bypass
+from batch_embedder.db.schema import index_name, pgvector_version
+from batch_embedder.db.search import search
+from batch_embedder.db.vectors import ChunkWriter
+from batch_embedder.records import ChunkRow
+
+DIMS = 16
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+@pytest.fixture()
+def conn(database_url: str) -> Iterator[Conn]:
+    with connect(database_url) as c:
+        yield c
+
+
+@pytest.fixture()
+def model(conn: Conn) -> Iterator[str]:
+    """A model name of this test alone; its rows and index are removed after it."""
+    name = f"test-index-{uuid.uuid4().hex[:8]}"
+    yield name
+    conn.execute("DELETE FROM batch_embedder.chunks WHERE model = %s", (name,))
+    conn.execute(
+        psycopg.sql.SQL("DROP INDEX IF EXISTS batch_embedder.{}").format(
+            psycopg.sql.Identifier(index_name(name, DIMS))
+        )
+    )
+
+
+def load(conn: Conn, model: str, n: int, *, doc: str, seed: int) -> ChunkWriter:
+    """Write ``n`` distinct chunks (documents of 100 chunks named ``doc/<i>``)."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, DIMS), dtype=np.float32)
+    texts = [f"{doc} chunk {i} seed {seed}" for i in range(n)]
+    shas = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
+    keys = [f"{doc}/{i // 100}" for i in range(n)]
+    writer = ChunkWriter(
+        conn, bucket="b", lock_keys=sorted(set(keys)), job_id=f"job-{doc}", model=model,
+        dimensions=DIMS,
+    )  # fmt: skip
+    with writer:
+        writer.copy_chunks(
+            ChunkRow(seq=i, source_key=keys[i], chunk_index=i % 100, text=texts[i],
+                     token_count=3, sha256=shas[i], char_start=0, char_end=len(texts[i]))
+            for i in range(n)
+        )  # fmt: skip
+        writer.copy_vectors(zip(shas, vectors, strict=True))
+        written, _, _ = writer.merge()
+    assert written == n
+    return writer
+
+
+def index_oid(conn: Conn, model: str) -> int | None:
+    row = conn.execute(
+        "SELECT to_regclass(%s)::oid", (f"batch_embedder.{index_name(model, DIMS)}",)
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def test_the_first_write_builds_the_index(conn: Conn, model: str) -> None:
+    assert not index_state(conn, model, DIMS).exists
+    writer = load(conn, model, 50, doc="first", seed=1)
+    state = index_state(conn, model, DIMS)
+    assert state.exists and state.valid
+    assert not writer.rebuilt  # there was no index to go around
+
+
+def test_a_large_load_goes_around_the_index_and_rebuilds_it(conn: Conn, model: str) -> None:
+    load(conn, model, 100, doc="seed", seed=1)
+    before = index_oid(conn, model)
+    n = REBUILD_MIN_ROWS + 500
+    writer = load(conn, model, n, doc="bulk", seed=2)
+    assert writer.rebuilt
+    state = index_state(conn, model, DIMS)
+    assert state.valid
+    assert state.rows == n + 100  # the new build holds every row of the model
+    assert index_oid(conn, model) != before
+
+
+def test_a_small_load_inserts_into_the_index(conn: Conn, model: str) -> None:
+    load(conn, model, REBUILD_MIN_ROWS + 100, doc="base", seed=3)
+    before = index_oid(conn, model)
+    writer = load(conn, model, 200, doc="more", seed=4)
+    assert not writer.rebuilt
+    assert index_oid(conn, model) == before
+    assert index_state(conn, model, DIMS).valid
+
+
+def test_the_share_decides(conn: Conn, model: str) -> None:
+    base = 5 * REBUILD_MIN_ROWS
+    load(conn, model, base, doc="base", seed=5)
+    assert not should_bypass(conn, model, DIMS, REBUILD_MIN_ROWS)  # 20% of base
+    assert should_bypass(conn, model, DIMS, REBUILD_MIN_ROWS + 1)
+    assert not should_bypass(conn, model, DIMS, REBUILD_MIN_ROWS - 1)  # too few to matter
+
+
+def test_a_build_that_died_is_redone(conn: Conn, model: str, database_url: str) -> None:
+    load(conn, model, 50, doc="base", seed=6)
+    conn.execute(
+        psycopg.sql.SQL("DROP INDEX batch_embedder.{}").format(
+            psycopg.sql.Identifier(index_name(model, DIMS))
+        )
+    )
+    # A concurrent build waits for open writers after creating its (invalid) catalog entry:
+    # cancelled there, it leaves what a killed build leaves.
+    with (
+        psycopg.connect(database_url) as writer,
+        psycopg.connect(database_url, autocommit=True) as other,
+    ):
+        writer.execute("LOCK TABLE batch_embedder.chunks IN ROW EXCLUSIVE MODE")
+        other.execute("SET statement_timeout = '1s'")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            other.execute(
+                psycopg.sql.SQL(
+                    "CREATE INDEX CONCURRENTLY {} ON batch_embedder.chunks USING hnsw "
+                    "((embedding::vector(16)) vector_cosine_ops) WHERE model = {}"
+                ).format(
+                    psycopg.sql.Identifier(index_name(model, DIMS)), psycopg.sql.Literal(model)
+                )
+            )
+        writer.rollback()
+    dead = index_state(conn, model, DIMS)
+    assert dead.exists and not dead.valid
+    assert ensure_index(conn, model, DIMS)
+    assert index_state(conn, model, DIMS).valid
+
+
+def test_a_selective_prefix_still_returns_k_rows(conn: Conn, model: str) -> None:
+    if pgvector_version(conn) < (0, 8):
+        pytest.skip("iterative index scans need pgvector >= 0.8")
+    load(conn, model, 3000, doc="many", seed=7)
+    load(conn, model, 8, doc="rare", seed=8)  # 8 rows among 3,008
+    query = np.random.default_rng(9).standard_normal(DIMS).astype(np.float32)
+    with conn.transaction():  # through the HNSW index
+        conn.execute("SET LOCAL enable_seqscan = off")
+        hits = search(conn, query, model=model, dimensions=DIMS, k=5, prefix="rare/")
+    with conn.transaction():  # an exact scan
+        conn.execute("SET LOCAL enable_indexscan = off")
+        exact = search(conn, query, model=model, dimensions=DIMS, k=5, prefix="rare/")
+    assert len(exact) == 5
+    assert [(h.key, h.chunk_index) for h in hits] == [(h.key, h.chunk_index) for h in exact]
