@@ -1,7 +1,7 @@
 """Benchmark: every token paid for once and counted once, whatever fails.
 
 Runs the fault scenarios of ``tests/integration/test_exactly_once.py`` on one local stack
-(real ASL and handlers, moto, pgserver, the OpenAI emulator): a Lambda that dies after its
+(real ASL and handlers, moto, embedded Postgres, the emulator): a Lambda that dies after its
 work, 429s and 5xx, a tight TPM, failed / expired / cancelled batches with and without the
 synchronous fallback, failed lines then the same file again, OpenAI unreachable, aborted
 executions, a revoked key. For each scenario, as deltas over the scenario:

@@ -9,7 +9,8 @@ Figures:
    ``encode_ordinary`` MB/s on the same text;
 2. JSONL build MB/s (request lines for the batch input files);
 3. pgvector write rows/s through the project's writer with the HNSW index in place, and
-   its ratio to a bare binary COPY of the same vectors into an unindexed table;
+   its ratio to a bare binary COPY of the same vectors into an unindexed table (issue 10's
+   figure 4, COPY + a one-off CREATE INDEX, is ``benchmarks/write_speed.py``);
 4. peak RSS of FetchAndWrite on the largest document;
 5. end-to-end seconds of ``local ingest`` on the whole corpus, and the same excluding the
    emulator's simulated batch wait (the longest time any execution spent in WaitForBatch).

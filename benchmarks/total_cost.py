@@ -1,6 +1,6 @@
 """Benchmark: the whole bill (OpenAI + AWS) of grouped uploads, against a naive script.
 
-Runs on the local stack (real ASL, real handlers, moto, pgserver, the emulator), uploading
+Runs on the local stack (real ASL and handlers, moto, embedded Postgres, emulator), uploading
 files one by one as a user would; the local pipe groups them as the EventBridge Pipe does.
 Every AWS request is counted, not estimated: the handlers' meters (botocore hooks on their
 clients: S3, DynamoDB capacity units, Secrets Manager, SQS), each Lambda invocation's

@@ -89,6 +89,7 @@ class LocalPipe:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
+    _sqs_client: Any = None
 
     def _metered(self, call: Any, **kwargs: Any) -> Any:
         with metering.meter() as m:
@@ -98,7 +99,10 @@ class LocalPipe:
         return result
 
     def _sqs(self) -> Any:
-        return metering.instrument(boto3.client("sqs", region_name=self.region))
+        """The metered SQS client, made once (making one costs about 10 ms)."""
+        if self._sqs_client is None:
+            self._sqs_client = metering.instrument(boto3.client("sqs", region_name=self.region))
+        return self._sqs_client
 
     def deliver(self, event: dict[str, Any]) -> None:
         """What the EventBridge rule does: send the event to the upload queue."""

@@ -1,4 +1,4 @@
-"""The whole workflow on the local stack: real ASL, real handlers, moto, pgserver, emulator.
+"""The whole workflow on the local stack: real ASL, real handlers, moto, Postgres, emulator.
 
 One execution embeds one group of uploads (the pipe's window); its output lists each
 document's result.

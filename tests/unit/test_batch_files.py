@@ -115,3 +115,11 @@ def test_custom_id_round_trip() -> None:
     for bad in ("nojob", "j:5-5", "j:a-b", "j:7"):
         with pytest.raises(ValueError):
             parse_custom_id(bad)
+
+
+def test_requests_for_a_model_with_another_tokenizer_carry_half_the_tokens() -> None:
+    from batch_embedder.openai.batch_files import MAX_TOKENS_PER_REQUEST, tokens_per_request
+
+    assert tokens_per_request("text-embedding-3-small") == MAX_TOKENS_PER_REQUEST
+    # local-minilm counts WordPiece tokens, more than cl100k_base: a margin under 300,000.
+    assert tokens_per_request("local-minilm") == MAX_TOKENS_PER_REQUEST // 2

@@ -26,6 +26,19 @@ MAX_INPUTS_PER_BATCH = 50_000
 #: 200 MB input-file cap, counted in decimal megabytes to stay on the safe side.
 MAX_BATCH_FILE_BYTES = 200_000_000
 ENDPOINT: Final[Literal["/v1/embeddings"]] = "/v1/embeddings"
+#: Models that count tokens with cl100k_base, as the pipeline does (OpenAI's embedding
+#: models: https://platform.openai.com/docs/guides/embeddings).
+CL100K_MODELS = frozenset(
+    {"text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002"}
+)
+
+
+def tokens_per_request(model: str) -> int:
+    """Most tokens (cl100k_base) one request carries for ``model``: OpenAI's 300,000, or half
+    of it for a model whose own tokenizer may count more (``local-minilm``'s WordPiece
+    counts up to about 1.4x cl100k_base on prose; a compatible server's model), so that the
+    provider's own count stays under the limit."""
+    return MAX_TOKENS_PER_REQUEST if model in CL100K_MODELS else MAX_TOKENS_PER_REQUEST // 2
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from ..aws.limiters import batch_queue
 from ..aws.registry import BatchRegistry
 from ..metrics import emit
 from ..models import BatchFile, BatchRef, BatchStatus, ReservedJob, SubmittedJob, UploadedJob
-from ..openai.batch_files import BatchLimits, write_batch_files
+from ..openai.batch_files import BatchLimits, tokens_per_request, write_batch_files
 from ..openai.client import (
     batch_endpoint,
     get_client,
@@ -97,6 +97,7 @@ def build_and_upload_jsonl(
             limits=limits
             or BatchLimits(
                 inputs_per_request=settings.batch_inputs_per_request,
+                tokens_per_request=tokens_per_request(job.model),
                 tokens_per_file=settings.batch_enqueued_token_cap,
             ),
         )

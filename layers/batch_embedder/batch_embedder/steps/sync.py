@@ -22,7 +22,7 @@ from ..db.content import ContentStore, sync_purchase
 from ..errors import ConfigurationError
 from ..metrics import emit
 from ..models import SyncOutput, WriteInput
-from ..openai.batch_files import MAX_TOKENS_PER_REQUEST, BatchLimits, custom_id, pack_requests
+from ..openai.batch_files import BatchLimits, custom_id, pack_requests, tokens_per_request
 from ..openai.client import get_client, provider_calls, request_dimensions_for, request_model
 from ..openai.sync_embed import embed_sync
 from ..records import EmbedRow
@@ -68,7 +68,7 @@ def embed_sync_step(job: WriteInput, settings: Settings) -> WriteInput:
     """
     phase = "fallback" if job.pending is not None else "urgent"
     rows = _rows(job)
-    tokens_cap = min(MAX_TOKENS_PER_REQUEST, settings.embeddings_tokens_per_minute)
+    tokens_cap = min(tokens_per_request(job.model), settings.embeddings_tokens_per_minute)
     too_big = [r for r in rows if r.token_count > tokens_cap]
     if too_big:
         raise ConfigurationError(
