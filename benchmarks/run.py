@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from common import machine
+from common import bare_copy_seconds, machine
 from pgvector.psycopg import register_vector
 
 HERE = Path(__file__).resolve().parent
@@ -136,18 +136,9 @@ def bench_pgvector(url: str, all_chunks: list[tuple[str, Any]], rows: int) -> di
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         register_vector(conn)
-        conn.execute("DROP TABLE IF EXISTS bench_bare")
-        conn.execute(
-            "CREATE TABLE bench_bare (chunk_index int, text text, sha256 text, embedding vector)"
+        bare_s = bare_copy_seconds(
+            conn, ((c.text, c.sha256, vectors[i]) for i, c in enumerate(flat))
         )
-        t = time.perf_counter()
-        with conn.cursor().copy(
-            "COPY bench_bare (chunk_index, text, sha256, embedding) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(["int4", "text", "text", "vector"])
-            for i, c in enumerate(flat):
-                copy.write_row((i, c.text, c.sha256, vectors[i]))
-        bare_s = time.perf_counter() - t
         conn.execute("DROP TABLE bench_bare")
     with connect(url) as conn:
         t = time.perf_counter()

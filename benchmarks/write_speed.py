@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from common import machine
+from common import bare_copy_seconds, machine
 from psycopg import sql
 
 HERE = Path(__file__).resolve().parent
@@ -66,18 +66,7 @@ def bare(url: str, rows: list[tuple[str, str, Any]], dims: int) -> dict[str, flo
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
         halfvec = uses_halfvec(conn, dims)
-        conn.execute("DROP TABLE IF EXISTS bench_bare")
-        conn.execute(
-            "CREATE TABLE bench_bare (chunk_index int, text text, sha256 text, embedding vector)"
-        )
-        t = time.perf_counter()
-        with conn.cursor().copy(
-            "COPY bench_bare (chunk_index, text, sha256, embedding) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(["int4", "text", "text", "vector"])
-            for i, (text, sha, vector) in enumerate(rows):
-                copy.write_row((i, text, sha, vector))
-        copy_s = time.perf_counter() - t
+        copy_s = bare_copy_seconds(conn, rows)
         ops = sql.SQL("halfvec_cosine_ops" if halfvec else "vector_cosine_ops")
         memory = sql.Literal(f"{build_memory_bytes(len(rows), dims, halfvec) // 1024}kB")
         t = time.perf_counter()

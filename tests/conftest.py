@@ -35,16 +35,9 @@ def db(database_url: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
 @pytest.fixture(scope="module")
 def stack(home: Path, database_url: str) -> Iterator[Any]:
     """The local stack built from template.yaml, running the real ASL and handlers."""
-    from batch_embedder_local.stack import LocalStack
+    from tests.utils import local_stack
 
-    # A 1 s window: each test's uploads become one group (one execution) quickly. The
-    # reconciler runs when a test calls stack.reconcile() (webhooks finish batches).
-    with LocalStack(
-        home,
-        log_file=home / "lambda.log",
-        parameters={"UploadBatchWindowSeconds": "1"},
-        reconcile_seconds=0,
-    ) as s:
+    with local_stack(home) as s:
         yield s
 
 

@@ -6,7 +6,8 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,28 @@ from batch_embedder_local.template import load_template
 #: The repository, and the sample pages the tests ingest.
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples" / "python-tutorial"
+
+
+@contextmanager
+def local_stack(
+    home: Path,
+    log: str = "lambda.log",
+    emulator_config: dict[str, Any] | None = None,
+    **parameters: str,
+) -> Iterator[Any]:
+    """The local stack for a module: a 1 s upload window (each test's uploads become one
+    group quickly), the reconciler run only when a test calls ``stack.reconcile()``
+    (webhooks finish batches), and ``parameters`` (template parameters) on top."""
+    from batch_embedder_local.stack import LocalStack
+
+    with LocalStack(
+        home,
+        log_file=home / log,
+        parameters={"UploadBatchWindowSeconds": "1", **parameters},
+        emulator_config=emulator_config,
+        reconcile_seconds=0,
+    ) as stack:
+        yield stack
 
 
 def ledger(output: dict[str, Any]) -> dict[str, Any]:

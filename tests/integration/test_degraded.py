@@ -27,7 +27,7 @@ import pytest
 from batch_embedder.aws import provider_health
 from batch_embedder.settings import Settings
 from tests.books import Books, counter, embedded_once, start
-from tests.utils import fresh, until
+from tests.utils import fresh, local_stack, until
 
 pytestmark = pytest.mark.integration
 
@@ -39,17 +39,7 @@ OUTAGE_SECONDS = 8.0
 @pytest.fixture(scope="module")
 def stack(home: Path, database_url: str) -> Iterator[Any]:
     """The local stack with short degraded-mode waits (overrides conftest's ``stack``)."""
-    from batch_embedder_local.stack import LocalStack
-
-    with LocalStack(
-        home,
-        parameters={
-            "UploadBatchWindowSeconds": "1",
-            "ProviderOutageWaitSeconds": "1",
-            "OpenAIMaxRetries": "1",
-        },
-        reconcile_seconds=0,
-    ) as s:
+    with local_stack(home, ProviderOutageWaitSeconds="1", OpenAIMaxRetries="1") as s:
         yield s
 
 
@@ -73,6 +63,21 @@ def metric_values(printed: str) -> list[float]:
         value = json.loads(line)["ProviderDegraded"]
         values += [float(v) for v in (value if isinstance(value, list) else [value])]
     return values
+
+
+def start_with_an_outage_at(
+    stack: Any, key: str, body: bytes, state: str, seconds: float = OUTAGE_SECONDS
+) -> str:
+    """Start an execution whose ``state`` Lambda is held until the emulator goes away for
+    ``seconds``: the state's first attempt meets the outage. Returns the execution ARN."""
+    gate = stack.adapter.hold(f"{state}Function")
+    try:
+        arn = start(stack, key, body)
+        until(lambda: stack.current_state(arn) == state, timeout=120, what=state)
+        stack.emulator.update_config(outage_seconds=seconds)
+    finally:
+        gate.set()
+    return arn
 
 
 def degraded_states(states: list[str]) -> list[str]:
@@ -119,13 +124,7 @@ def test_an_outage_at_batch_creation_creates_each_batch_once(
     salt = uuid.uuid4().hex[:8]
     key = f"degraded-create-{salt}/controlflow.rst.txt"
     books = Books(stack)
-    gate = stack.adapter.hold("CreateBatchFunction")
-    try:
-        arn = start(stack, key, fresh("controlflow.rst.txt", salt))
-        until(lambda: stack.current_state(arn) == "CreateBatch", timeout=60, what="CreateBatch")
-        emulator.update_config(outage_seconds=OUTAGE_SECONDS)
-    finally:
-        gate.set()
+    arn = start_with_an_outage_at(stack, key, fresh("controlflow.rst.txt", salt), "CreateBatch")
     until(lambda: provider_health.current(healthy), timeout=60, what="the degraded record")
     [result] = stack.wait({arn: key}, timeout=300)
     assert embedded_once(result, books, db, key) > 0
@@ -146,15 +145,8 @@ def test_an_outage_while_reading_a_finished_batch_pauses_fetch_and_write(
     salt = uuid.uuid4().hex[:8]
     key = f"degraded-fetch-{salt}/errors.rst.txt"
     books = Books(stack)
-    gate = stack.adapter.hold("FetchAndWriteFunction")
-    try:
-        arn = start(stack, key, fresh("errors.rst.txt", salt))
-        until(
-            lambda: stack.current_state(arn) == "FetchAndWrite", timeout=120, what="FetchAndWrite"
-        )
-        emulator.update_config(outage_seconds=OUTAGE_SECONDS)  # the output cannot be read
-    finally:
-        gate.set()
+    # The batch is done; its output cannot be read.
+    arn = start_with_an_outage_at(stack, key, fresh("errors.rst.txt", salt), "FetchAndWrite")
     [result] = stack.wait({arn: key}, timeout=300)
     assert embedded_once(result, books, db, key) > 0
     assert result.states.count("ProviderDegradedFetch") >= 1, result.states
@@ -175,14 +167,8 @@ def test_an_outage_during_the_synchronous_path_pauses_it_and_buys_each_content_o
     monkeypatch.setenv("BATCH_INPUTS_PER_REQUEST", "4")  # several requests, several checkpoints
     key = f"urgent-{salt}/errors.rst.txt"
     books = Books(stack)
-    gate = stack.adapter.hold("EmbedSyncFunction")
-    try:
-        arn = start(stack, key, fresh("errors.rst.txt", salt))
-        until(lambda: stack.current_state(arn) == "EmbedSync", timeout=60, what="EmbedSync")
-        # Longer than EmbedSync's own backoff (8 attempts, 0.5 s doubling to 30 s: ~62 s).
-        emulator.update_config(outage_seconds=75)
-    finally:
-        gate.set()
+    # Longer than EmbedSync's own backoff (8 attempts, 0.5 s doubling to 30 s: ~62 s).
+    arn = start_with_an_outage_at(stack, key, fresh("errors.rst.txt", salt), "EmbedSync", 75)
     [result] = stack.wait({arn: key}, timeout=400)
     assert embedded_once(result, books, db, key) > 0
     assert "ProviderDegradedSync" in result.states, result.states

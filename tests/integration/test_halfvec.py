@@ -20,7 +20,7 @@ from batch_embedder.db.connection import connect
 from batch_embedder.db.index import index_state
 from batch_embedder.db.schema import index_name, pgvector_version
 from batch_embedder.settings import Settings
-from tests.utils import fresh
+from tests.utils import fresh, local_stack
 
 pytestmark = pytest.mark.integration
 
@@ -32,17 +32,8 @@ KEY = "large/errors.rst.txt"
 @pytest.fixture(scope="module")
 def large_stack(home: Path, database_url: str) -> Iterator[Any]:
     """The local stack configured for text-embedding-3-large at 3,072 dimensions."""
-    from batch_embedder_local.stack import LocalStack
-
-    with LocalStack(
-        home,
-        log_file=home / "lambda-large.log",
-        parameters={
-            "UploadBatchWindowSeconds": "1",
-            "EmbeddingModel": MODEL,
-            "EmbeddingDimensions": str(DIMS),
-        },
-        reconcile_seconds=0,
+    with local_stack(
+        home, "lambda-large.log", EmbeddingModel=MODEL, EmbeddingDimensions=str(DIMS)
     ) as s:
         yield s
 

@@ -25,7 +25,7 @@ import pytest
 
 from batch_embedder.aws import budget
 from batch_embedder.openai.pricing import AZURE_PRICES
-from tests.utils import fresh, ledger, usd
+from tests.utils import fresh, ledger, local_stack, usd
 
 pytestmark = pytest.mark.integration
 
@@ -39,17 +39,12 @@ PRICE = AZURE_PRICES[MODEL]
 @pytest.fixture(scope="module")
 def azure_stack(home: Path, database_url: str) -> Iterator[Any]:
     """The local stack deployed with EmbeddingProvider=azure against its emulator."""
-    from batch_embedder_local.stack import LocalStack
-
-    with LocalStack(
+    with local_stack(
         home,
-        log_file=home / "lambda-providers.log",
-        parameters={
-            "UploadBatchWindowSeconds": "1",
-            "EmbeddingProvider": "azure",
-            "AzureOpenAIDeployment": DEPLOYMENT,
-            "AzureOpenAIApiVersion": API_VERSION,
-        },
+        "lambda-providers.log",
+        EmbeddingProvider="azure",
+        AzureOpenAIDeployment=DEPLOYMENT,
+        AzureOpenAIApiVersion=API_VERSION,
         emulator_config={
             # The deployment serves the model; the model's own name serves nothing.
             "azure_deployments": {DEPLOYMENT: MODEL, MODEL: "text-embedding-retired"},
@@ -57,7 +52,6 @@ def azure_stack(home: Path, database_url: str) -> Iterator[Any]:
             "batch_in_progress_seconds": 0.05,
             "batch_finalizing_seconds": 0.05,
         },
-        reconcile_seconds=0,
     ) as stack:
         # The emulator's port is known once it runs: the endpoint a user would set as
         # AzureOpenAIEndpoint (the stack restores the environment when it stops).

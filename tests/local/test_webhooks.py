@@ -21,13 +21,13 @@ from pydantic import ValidationError
 
 from batch_embedder_local.openai_server import EmulatorConfig, OpenAIEmulator
 from batch_embedder_local.openai_server.webhooks import DEFAULT_WEBHOOK_SECRET
-from tests.emulator import Receiver
+from tests.emulator import API_KEY, MODEL, Receiver
 from tests.utils import wait_for_batch
 
-API_KEY = "local-test-key"
-MODEL = "text-embedding-3-small"
 SECRET = "whsec_" + base64.b64encode(b"emulator-webhook-test-key-32byte").decode()
-TERMINAL = {"completed", "failed", "expired", "cancelled"}
+# The emulator below (this module's own), put back after each test; `client` comes from
+# tests/local/conftest.py.
+pytestmark = pytest.mark.usefixtures("reset_emulator")
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +41,6 @@ def emu() -> Iterator[OpenAIEmulator]:
     )
     with OpenAIEmulator(config) as emulator:
         yield emulator
-
-
-@pytest.fixture(autouse=True)
-def _fresh(emu: OpenAIEmulator) -> Iterator[None]:
-    yield
-    emu.reset()
-
-
-@pytest.fixture
-def client(emu: OpenAIEmulator) -> openai.OpenAI:
-    return openai.OpenAI(api_key=API_KEY, base_url=emu.base_url, max_retries=0)
 
 
 @pytest.fixture
