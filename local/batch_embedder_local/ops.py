@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -58,6 +58,23 @@ class Resources:
     openai_key_secret: str | None = None
     openai_base_url: str = ""
     dimensions: int = 0
+    #: The provider's settings (``Settings`` field -> value) from the stack's parameters.
+    provider: dict[str, str] = field(default_factory=dict)
+
+
+#: template.yaml parameters -> the ``Settings`` fields that name the provider.
+PROVIDER_PARAMETERS = {
+    "EmbeddingProvider": "embedding_provider",
+    "AzureOpenAIEndpoint": "azure_openai_endpoint",
+    "AzureOpenAIApiVersion": "azure_openai_api_version",
+    "AzureOpenAIDeployment": "azure_openai_deployment",
+    "AzureOpenAIAuth": "azure_openai_auth",
+}
+
+
+def _provider(params: dict[str, Any]) -> dict[str, str]:
+    """The provider's settings among a stack's parameters (empty ones left out)."""
+    return {f: str(params[p]) for p, f in PROVIDER_PARAMETERS.items() if params.get(p)}
 
 
 #: template.yaml logical ids -> :class:`Resources` fields.
@@ -97,8 +114,22 @@ def resources_from_stack(stack_name: str) -> Resources:
         model=params.get("EmbeddingModel") or "text-embedding-3-small",
         dimensions=int(params.get("EmbeddingDimensions") or 0),
         openai_base_url=params.get("OpenAIBaseUrl", ""),
+        provider=_provider(params),
         **found,
     )
+
+
+def _local_provider(stack: Any) -> dict[str, str]:
+    """The provider's settings of a local stack: its parameters, Azure's endpoint being the
+    emulator's root when the parameter is empty (the emulator poses as Azure)."""
+    provider = _provider(stack.parameters)
+    if (
+        provider.get("embedding_provider") == "azure"
+        and not provider.get("azure_openai_endpoint")
+        and stack.emulator is not None
+    ):
+        provider["azure_openai_endpoint"] = stack.emulator.url
+    return provider
 
 
 def resources_from_local(stack: Any, *, live: bool = True) -> Resources:
@@ -110,6 +141,7 @@ def resources_from_local(stack: Any, *, live: bool = True) -> Resources:
         model=str(stack.parameters["EmbeddingModel"]),
         dimensions=int(stack.parameters.get("EmbeddingDimensions") or 0),
         openai_base_url=stack.emulator.base_url if stack.emulator is not None else "",
+        provider=_local_provider(stack),
         **{
             field: refs[logical]
             for logical, field in LOGICAL_IDS.items()
@@ -396,8 +428,7 @@ def search_stack(res: Resources, query: str, *, k: int = 5, prefix: str = "") ->
     """The ``k`` chunks nearest to ``query`` among keys starting with ``prefix``: the
     database URL and OpenAI key from the stack's secrets, model and dimensions from its
     parameters (as the functions embed)."""
-    import openai
-
+    from batch_embedder.openai.client import get_client
     from batch_embedder.settings import Settings
 
     from .search import nearest
@@ -407,9 +438,18 @@ def search_stack(res: Resources, query: str, *, k: int = 5, prefix: str = "") ->
     sm = boto3.client("secretsmanager")
     url = sm.get_secret_value(SecretId=res.database_url_secret)["SecretString"]
     key = sm.get_secret_value(SecretId=res.openai_key_secret)["SecretString"]
-    settings = Settings(embedding_model=res.model, embedding_dimensions=res.dimensions)
-    client = openai.OpenAI(api_key=key, base_url=res.openai_base_url or None)
-    return list(nearest(url, client, query, settings, k=k, prefix=prefix))
+    settings = Settings.model_validate(
+        {
+            "embedding_model": res.model,
+            "embedding_dimensions": res.dimensions,
+            "openai_api_key": key,
+            "openai_base_url": res.openai_base_url,
+            **res.provider,
+        }
+    )
+    # The client the functions use: OpenAI, Azure (deployment names, api-version) or a
+    # compatible server, as the stack is configured.
+    return list(nearest(url, get_client(settings), query, settings, k=k, prefix=prefix))
 
 
 # -- rendering ----------------------------------------------------------------------

@@ -123,6 +123,12 @@ def test_azure_synchronous_path_sends_the_deployment_and_bills_once(
     assert float(record["price_per_million_usd"]) == float(PRICE.standard)
     assert float(record["cost_usd"]) == out["cost_usd"] == usd(billed, PRICE.standard)
 
+    # `batch-embedder search --stack-name` asks as the functions do: the deployment.
+    from batch_embedder_local import ops
+
+    hits = ops.search_stack(ops.resources_from_local(azure_stack), rows[0][0], k=1, prefix=key)
+    assert [h.key for h in hits] == [key]
+
 
 def test_azure_batch_path_names_the_deployment_in_every_line(
     azure_stack: Any,
