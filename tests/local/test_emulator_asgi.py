@@ -27,6 +27,7 @@ from batch_embedder_local.openai_server import (
     OpenAIEmulator,
     register_model,
 )
+from tests.emulator import wait_batch
 
 API_KEY = "sk-asgi-test-key-0001"
 MODEL = "text-embedding-3-small"
@@ -109,11 +110,7 @@ def _scenario_socket(emu: OpenAIEmulator) -> dict[str, Any]:
     batch = client.batches.create(
         input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
     )
-    deadline = time.monotonic() + 10
-    while batch.status not in ("completed", "failed", "expired", "cancelled"):
-        assert time.monotonic() < deadline, batch.status
-        time.sleep(0.02)
-        batch = client.batches.retrieve(batch.id)
+    batch = wait_batch(client, batch.id)
     assert batch.output_file_id is not None
     output = client.files.content(batch.output_file_id).text
     bad = openai.OpenAI(api_key="sk-wrong-key-9999", base_url=emu.base_url, max_retries=0)
