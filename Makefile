@@ -12,9 +12,11 @@ export SAM_CLI_TELEMETRY := 0
 UV_VERSION := 0.13.9
 UV := $(TOOLS)/uv/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
-# The layer's requirements: the library's own dependencies, exported from the lock.
+# The layer's requirements: the library's own dependencies, exported from the lock, with
+# Azure's Entra ID (azure) and the local model (local-model: EmbeddingProvider=local and
+# FallbackProvider=local run it inside the Lambdas).
 LAYER_REQUIREMENTS := layers/batch_embedder/requirements.txt
-EXPORT := $(UV) export --frozen --no-dev --extra azure --no-emit-project --no-hashes --no-header --quiet
+EXPORT := $(UV) export --frozen --no-dev --extra azure --extra local-model --no-emit-project --no-hashes --no-header --quiet
 
 .PHONY: install tools lock demo test lint unit integration bench bench-peers events sam-build clean
 

@@ -39,6 +39,7 @@ import boto3
 from common import machine
 
 from batch_embedder.aws import budget
+from batch_embedder.aws.ledger import ledger_store
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "python-tutorial"
 MODEL = "text-embedding-3-small"
@@ -70,14 +71,17 @@ def job_of(arn: str) -> str:
 
 
 def counter() -> dict[str, int]:
-    return budget.get_counter(os.environ["USAGE_TABLE"], budget.utc_day(), f"model:{MODEL}")
+    return (
+        budget.budget_store(os.environ["JOBS_TABLE"], os.environ["USAGE_TABLE"])
+        .counter(budget.utc_day(), f"model:{MODEL}")
+        .model_dump()
+    )
 
 
 def ledger_tokens(job_id: str) -> int | None:
     """Tokens of the job's ledger record of today (UTC); None when there is none."""
-    table = boto3.resource("dynamodb").Table(os.environ["USAGE_TABLE"])
-    item = table.get_item(Key={"pk": f"ledger#{budget.utc_day()}", "sk": job_id}).get("Item")
-    return None if item is None else int(str(item["tokens"]))
+    record = ledger_store(os.environ["USAGE_TABLE"]).get(budget.utc_day(), job_id)
+    return None if record is None else record.tokens
 
 
 def planned_tokens(arn: str) -> int:

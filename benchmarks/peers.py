@@ -21,7 +21,9 @@ Issue 10's table on one machine, in one command. Every tool gets:
 
 Three steps per tool: a first ingest; a re-ingest after editing 10% of the files (one
 paragraph rewritten in each, ``incremental.edit``, the same files for every tool, seed 42);
-an identical re-upload of the edited tree. Each step is one command, timed from its start
+an identical re-upload of the edited tree (``local ingest`` uploads only the files whose
+bytes are not embedded yet, ``unchanged`` in its totals, as the peers' record managers and
+the naive script's sha256 check skip theirs). Each step is one command, timed from its start
 to its exit (wall-clock seconds, interpreter start included). Tokens billed: the shared
 emulator's ``GET /_emulator/stats`` ``billed_tokens`` before and after the step (the
 peers), or ``totals.tokens`` of ``local ingest --json`` (batch-embedder, whose emulator
@@ -377,9 +379,11 @@ def run_batch_embedder(
         report = json.loads(stdout)
         totals = report["totals"]
         detail = {
-            k: totals[k]
-            for k in ("files", "executions", "failed", "batches", "chunks", "cache_hits")
-        }
+            k: totals.get(k, 0)
+            for k in (
+                "files", "unchanged", "executions", "failed", "batches", "chunks", "cache_hits"
+            )
+        }  # fmt: skip
         detail["cli_seconds"] = report["seconds"]
         detail["rss_series_mb"] = series
         steps[step] = Step(round(seconds, 1), int(totals["tokens"]), round(rss, 1), detail)

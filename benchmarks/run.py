@@ -199,6 +199,17 @@ def fetch_and_write_rss(stack: Any, arn: str) -> dict[str, Any]:
     }
 
 
+def index_at_end(database_url: str, output: dict[str, Any]) -> dict[str, Any]:
+    """The model's HNSW index once every execution has finished: whether it is valid
+    (issue 10's figure 2 counts until the rows are searchable with the index in place) and
+    the rows it holds (``db.index.index_state``)."""
+    from batch_embedder.db.index import index_state
+
+    with psycopg.connect(database_url) as conn:
+        state = index_state(conn, str(output["model"]), int(output["dimensions"]))
+    return {"index_valid_at_end": state.valid, "index_rows_at_end": state.rows}
+
+
 def wait_seconds(stack: Any, arn: str) -> float:
     """Seconds the execution spent waiting for its batches (the WaitForBatches task)."""
     total = 0.0
@@ -231,6 +242,7 @@ def bench_e2e(
         largest = max(
             (r for r in results if r.status == "SUCCEEDED"), key=lambda r: r.output["chunks"]
         )
+        index = index_at_end(stack.database_url, largest.output)
         rss = fetch_and_write_rss(stack, largest.execution_arn)
     ok = [r for r in results if r.status == "SUCCEEDED"]
     handler_s: dict[str, float] = {}
@@ -247,6 +259,7 @@ def bench_e2e(
         "e2e_seconds": round(wall, 1),
         "longest_simulated_wait_s": round(max(waits, default=0.0), 1),
         "e2e_seconds_excluding_wait": round(wall - max(waits, default=0.0), 1),
+        **index,
         **rss,
         "handler_seconds": {k: round(v, 1) for k, v in sorted(handler_s.items())},
         "emulator": stats,
@@ -273,9 +286,9 @@ def main() -> int:
     docs = files(corpus())
     if args.limit:
         docs = docs[: args.limit]
-    if WORK.exists():
-        shutil.rmtree(WORK)
-    WORK.mkdir(parents=True)
+    for sub in ("pg", "e2e"):  # only this script's; peers.py keeps its venvs in WORK/peers
+        shutil.rmtree(WORK / sub, ignore_errors=True)
+    WORK.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": machine(),

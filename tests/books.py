@@ -12,6 +12,7 @@ import openai
 import psycopg
 
 from batch_embedder.aws import budget
+from batch_embedder.aws.ledger import ledger_store
 from batch_embedder.aws.limiters import batch_queue
 from batch_embedder.aws.registry import BatchRegistry
 from batch_embedder.settings import Settings
@@ -21,7 +22,11 @@ MODEL = "text-embedding-3-small"
 
 
 def counter() -> dict[str, int]:
-    return budget.get_counter(os.environ["USAGE_TABLE"], budget.utc_day(), f"model:{MODEL}")
+    return (
+        budget.budget_store(os.environ["JOBS_TABLE"], os.environ["USAGE_TABLE"])
+        .counter(budget.utc_day(), f"model:{MODEL}")
+        .model_dump()
+    )
 
 
 def job_of(arn: str) -> str:
@@ -29,10 +34,9 @@ def job_of(arn: str) -> str:
 
 
 def ledger_tokens(job_id: str) -> int:
-    table = boto3.resource("dynamodb").Table(os.environ["USAGE_TABLE"])
-    item = table.get_item(Key={"pk": f"ledger#{budget.utc_day()}", "sk": job_id}).get("Item")
-    assert item is not None, f"no ledger record for {job_id}"
-    return int(item["tokens"])
+    record = ledger_store(os.environ["USAGE_TABLE"]).get(budget.utc_day(), job_id)
+    assert record is not None, f"no ledger record for {job_id}"
+    return record.tokens
 
 
 def job_batches(stack: Any, job_id: str) -> list[Any]:

@@ -15,7 +15,9 @@ import boto3
 from pydantic import BaseModel
 
 from batch_embedder import failure_models, models, service_models
+from batch_embedder.aws.ledger import ledger_store
 from batch_embedder.openai.pricing import cost_usd
+from batch_embedder.records import LedgerRecord
 from batch_embedder_local.events import FILES
 from batch_embedder_local.pipe import render_input_template
 from batch_embedder_local.template import load_template
@@ -47,13 +49,11 @@ def local_stack(
         yield stack
 
 
-def ledger(output: dict[str, Any]) -> dict[str, Any]:
+def ledger(output: dict[str, Any]) -> LedgerRecord:
     """The ledger record (usage table) of the execution whose output is ``output``."""
-    table = boto3.resource("dynamodb").Table(os.environ["USAGE_TABLE"])
-    item: dict[str, Any] = table.get_item(
-        Key={"pk": f"ledger#{output['day']}", "sk": output["job_id"]}
-    )["Item"]
-    return item
+    record = ledger_store(os.environ["USAGE_TABLE"]).get(output["day"], output["job_id"])
+    assert record is not None, f"no ledger record for {output['job_id']}"
+    return record
 
 
 def usd(tokens: int, per_million: Any) -> float:
@@ -137,7 +137,7 @@ def load(name: str) -> Any:
 def handler_model(logical: str) -> type[BaseModel]:
     """The model ``functions/<dir>/app.py`` parses its event with (``step_handler(Model)``)."""
     code = ROOT / TEMPLATE["Resources"][logical]["Properties"]["CodeUri"] / "app.py"
-    found = re.search(r"step_handler\((\w+)\)", code.read_text(encoding="utf-8"))
+    found = re.search(r"step_handler\((\w+)[,)]", code.read_text(encoding="utf-8"))
     assert found, f"{code}: no step_handler(Model)"
     model: type[BaseModel] = (
         getattr(models, found.group(1), None)

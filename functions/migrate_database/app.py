@@ -17,7 +17,10 @@ import psycopg
 
 from batch_embedder.aws.secrets import database_url
 from batch_embedder.db.schema import migrate
-from batch_embedder.settings import Settings
+from batch_embedder.settings import DatabaseSettings, Settings, scoped
+
+#: What it reads: the settings mixins (template.yaml gives it their variables).
+SETTINGS = (DatabaseSettings,)
 
 PHYSICAL_ID = "batch-embedder-schema"
 #: Seconds kept in hand to answer CloudFormation before the Lambda timeout.
@@ -49,7 +52,7 @@ def _answer(event: dict[str, Any], status: str, reason: str, data: dict[str, Any
 
 
 def _migrate(deadline: float) -> int:
-    url = database_url(Settings())
+    url = database_url(scoped(Settings(), SETTINGS))
     while True:
         try:
             with psycopg.connect(url, connect_timeout=15, autocommit=True) as conn:

@@ -14,15 +14,28 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from .stack import ExecutionResult, LocalStack, default_home
+from .stack import (
+    ACCOUNT,
+    REGION,
+    STACK,
+    ExecutionResult,
+    LocalStack,
+    bucket_name,
+    default_home,
+    function_environments,
+)
+
+if TYPE_CHECKING:
+    from batch_embedder.settings import Settings
 
 
 def _collect(paths: list[str]) -> list[tuple[str, Path]]:
@@ -91,7 +104,8 @@ _EMULATOR_EXAMPLES = (
 
 
 def _totals(results: list[ExecutionResult]) -> dict[str, Any]:
-    """Sums over the executions (money: USD rounded to 9 decimals)."""
+    """Sums over the executions (money: USD rounded to 9 decimals). ``files`` counts the
+    files uploaded; ``cmd_ingest`` sets ``unchanged``, the files not uploaded."""
     rows = [r.as_dict() for r in results]
     return {
         "files": sum(len(r["keys"]) for r in rows),
@@ -113,6 +127,7 @@ def _totals(results: list[ExecutionResult]) -> dict[str, Any]:
         "cache_hits": sum(r["cache_hits"] for r in rows),
         "tokens_saved": sum(r["tokens_saved"] for r in rows),
         "cost_avoided_usd": round(sum(r["cost_avoided_usd"] for r in rows), 9),
+        "unchanged": 0,
     }
 
 
@@ -140,13 +155,16 @@ def _print_table(results: list[ExecutionResult], totals: dict[str, Any], seconds
         f"{totals['vectors_written']:>8} {totals['cost_usd']:>11.6f} "
         f"{totals['aws_cost_usd']:>11.6f}  {totals['files']} file(s) in "
         f"{totals['executions']} execution(s) and {totals['batches']} batch(es); "
-        f"{totals['failed']} execution(s) failed"
+        f"{totals['failed']} execution(s) failed; {totals['unchanged']} file(s) unchanged, "
+        "not uploaded"
     )
     saved = totals["naive_cost_usd"] - totals["total_cost_usd"]
     naive = (
         f"a naive run (synchronous API, no cache) ${totals['naive_cost_usd']:.6f}: saved "
         f"${saved:.6f}"
         if totals["naive_cost_usd"]
+        else "nothing was embedded"
+        if not totals["executions"]
         else "the model's tokens are free (a local model)"
     )
     print(
@@ -222,28 +240,104 @@ def _open_stack(
     )
 
 
+def _ingest_settings(stack: LocalStack) -> Settings:
+    """The settings ChunkAndEstimate will run with under ``stack``'s parameters (the
+    template's Globals and the function's own ``Environment``, resolved), without starting
+    anything: resources are only named, never created."""
+    from batch_embedder.settings import Settings
+
+    from .template import Resolver
+
+    resources = stack.template["Resources"]
+    refs = {logical: f"{STACK}-{logical}" for logical in resources}
+    attrs: dict[str, dict[str, str]] = {logical: defaultdict(str) for logical in resources}
+    pseudo = {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::StackName": STACK,
+              "AWS::Partition": "aws"}  # fmt: skip
+    resolver = Resolver(stack.template, stack.parameters, refs, attrs, pseudo)
+    globals_fn = stack.template.get("Globals", {}).get("Function", {})
+    env = function_environments(resources, globals_fn, resolver)["ChunkAndEstimateFunction"]
+    values: dict[str, Any] = {name.lower(): str(value) for name, value in env.items()}
+    return Settings(**values)
+
+
+def unchanged_files(stack: LocalStack, files: list[tuple[str, Path]]) -> set[str]:
+    """Keys of ``files`` whose bytes are already embedded under the same key and the same
+    settings: the SHA-256 of the file equals the one ``object_fingerprints`` holds for the
+    object's current event (``batch_embedder.db.fingerprints.confirmed``, one query for all
+    keys), as ``aws s3 sync`` compares before uploading. Only Postgres is started
+    (``postgres.local_database_url``); keys under ``BulkPrefix`` are never skipped.
+
+    Returns:
+        The object keys to leave out; empty when nothing was embedded yet.
+
+    Raises:
+        psycopg.Error: Postgres could not be queried.
+        postgres.LocalPostgresError: the embedded Postgres cannot run here.
+    """
+    from batch_embedder.db import fingerprints
+    from batch_embedder.db.connection import connect
+
+    from .postgres import local_database_url
+
+    paths = {key: path for key, path in files if stack.starts_execution(key)}
+    if not paths:
+        return set()
+    try:
+        settings = fingerprints.settings_fingerprint(_ingest_settings(stack))
+    except (KeyError, ValueError) as exc:  # the skip only saves work: upload everything
+        print(f"batch-embedder: every file is uploaded ({exc!r})", file=sys.stderr)
+        return set()
+    with connect(local_database_url(stack.home)) as conn:
+        stored = fingerprints.confirmed(conn, bucket_name("DocumentsBucket"), paths, settings)
+    return {
+        key
+        for key, fp in stored.items()
+        if hashlib.sha256(paths[key].read_bytes()).hexdigest() == fp.content_sha256
+    }
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
-    """Upload files one by one (the pipe groups them), wait, print the summary."""
+    """Upload files one by one (the pipe groups them), wait, print the summary.
+
+    A file whose bytes are already embedded under the same key and settings is not
+    uploaded (:func:`unchanged_files`); when every file is, the stack is not started (only
+    Postgres, for the lookup). The summary counts them as ``unchanged``.
+    """
     files = _collect(args.paths)
     if not files:
         raise SystemExit("batch-embedder: no files to ingest")
     home = Path(args.home) if args.home else default_home()
     started = time.monotonic()
-    with _open_stack(args, home, _ingest_params(args)) as stack:
-        events = [stack.upload(key, path.read_bytes()) for key, path in files]
-        delivered = [e for e in events if stack.starts_execution(e["detail"]["object"]["key"])]
+    stack = _open_stack(args, home, _ingest_params(args))
+    skipped = unchanged_files(stack, files)
+    todo = [(key, path) for key, path in files if key not in skipped]
+    if skipped:
         print(
-            f"uploaded {len(events)} file(s); the pipe groups them by "
-            f"{stack.parameters['UploadBatchWindowSeconds']} s windows",
+            f"{len(skipped)} file(s) unchanged (same bytes, same settings, already embedded): "
+            "not uploaded",
             file=sys.stderr,
         )
-        results = stack.wait_for_groups(
-            delivered,
-            timeout=args.timeout,
-            on_progress=None if args.quiet else _Progress(stack, 0, started),
-        )
+    results: list[ExecutionResult] = []
+    if todo:
+        args.exit_now = True  # main(): skip the teardown of moto's backends (exit_now)
+        with stack:
+            events = [stack.upload(key, path.read_bytes()) for key, path in todo]
+            delivered = [e for e in events if stack.starts_execution(e["detail"]["object"]["key"])]
+            if stack.pipe is not None:  # the last upload is sent: group now, not after the window
+                stack.pipe.flush()
+            print(
+                f"uploaded {len(events)} file(s); the pipe groups them at once (up to "
+                f"{stack.parameters['UploadBatchSize']} a group)",
+                file=sys.stderr,
+            )
+            results = stack.wait_for_groups(
+                delivered,
+                timeout=args.timeout,
+                on_progress=None if args.quiet else _Progress(stack, 0, started),
+            )
     seconds = time.monotonic() - started
     totals = _totals(results)
+    totals["unchanged"] = len(skipped)
     if args.json:
         json.dump(
             {
@@ -321,6 +415,7 @@ def _print_hits(args: argparse.Namespace, hits: list[Any]) -> None:
                     "key": h.key,
                     "chunk_index": h.chunk_index,
                     "score": round(h.score, 6),
+                    "model": h.model,
                     "text": h.text,
                 }
                 for h in hits
@@ -334,7 +429,7 @@ def _print_hits(args: argparse.Namespace, hits: list[Any]) -> None:
         print("no chunks found")
     for rank, h in enumerate(hits, 1):
         snippet = " ".join(h.text.split())[:160]
-        print(f"{rank}. {h.score:.4f}  {h.key} #{h.chunk_index}\n   {snippet}")
+        print(f"{rank}. {h.score:.4f}  {h.key} #{h.chunk_index}  [{h.model}]\n   {snippet}")
 
 
 def cmd_local_costs(args: argparse.Namespace) -> int:
@@ -636,12 +731,33 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     return bool(libc.mallopt(m_arena_max, arenas))
 
 
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` without the interpreter's teardown: stdout and stderr
+    are flushed and the ``atexit`` handlers run (the embedded Postgres's stop, logging's
+    flush), then ``os._exit``. After ``local ingest`` has run the stack, the teardown only
+    frees memory (moto's in-memory backends, about 380,000 objects and 2,300 modules) and
+    took 1.5 s of a 10 s edit step (docs/benchmarks.md)."""
+    import atexit
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``batch-embedder`` console script."""
+    """Entry point of the ``batch-embedder`` console script (``argv`` None: the process's
+    own arguments; after a ``local ingest`` that ran the stack the process then ends at
+    once, :func:`exit_now`)."""
     limit_malloc_arenas()
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        if argv is None and getattr(args, "exit_now", False):
+            exit_now(code)
+        return code
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a clear message, not a stack trace

@@ -1,7 +1,7 @@
 """The cost ledger summed per group of rows (day, model, prefix or API) and rendered.
 
-Each ledger item is read through :class:`batch_embedder.records.LedgerRecord` (DynamoDB
-``Decimal`` numbers turned into ``int``/``float`` first). Per row and in total:
+It sums :class:`batch_embedder.records.LedgerRecord` records (as
+``aws.ledger.LedgerStore.records`` reads them). Per row and in total:
 
 - ``openai_usd`` (the records' ``cost_usd``), ``aws_usd`` (``aws_cost_usd``) and
   ``total_usd = openai_usd + aws_usd``;
@@ -16,13 +16,13 @@ as numbers), Markdown.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from batch_embedder.records import LedgerRecord, usd
 
@@ -32,9 +32,6 @@ GROUP_BY: tuple[str, ...] = get_args(GroupBy)
 PRICE_SOURCES = "`batch_embedder/pricing.py` (OpenAI) and `batch_embedder/aws_pricing.py` (AWS)"
 #: Decimals shown for USD amounts in text and Markdown (JSON carries all 9).
 USD_DECIMALS = 6
-#: Ledger records written before the synchronous path existed carry no ``api``: they were
-#: all Batch API jobs.
-LEGACY_API = "batch"
 
 
 class CostRow(BaseModel):
@@ -73,32 +70,6 @@ class CostReport(BaseModel):
     groups: list[CostRow]
     total: CostRow
     days: list[CostRow] = Field(default_factory=list, exclude=True)
-
-
-def _plain(value: Any) -> Any:
-    """A DynamoDB value with its ``Decimal`` numbers as ``int`` (integral) or ``float``."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | set | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def parse_record(item: Mapping[str, Any]) -> LedgerRecord:
-    """One ledger item as DynamoDB returns it, validated by :class:`LedgerRecord`.
-
-    Raises:
-        ValueError: the item is not a valid ledger record.
-    """
-    plain = _plain(item)
-    plain.setdefault("api", LEGACY_API)
-    try:
-        return LedgerRecord.model_validate(plain)
-    except ValidationError as exc:
-        where = f"{item.get('pk', '?')}/{item.get('sk', item.get('job_id', '?'))}"
-        raise ValueError(f"ledger record {where} is malformed: {exc}") from exc
 
 
 def _money(value: float) -> Decimal:
@@ -158,24 +129,24 @@ def _key(rec: LedgerRecord, by: GroupBy) -> str:
 
 
 def summarise(
-    records: Iterable[Mapping[str, Any]],
+    records: Iterable[LedgerRecord],
     since: date | None = None,
     until: date | None = None,
     by: GroupBy = "day",
 ) -> CostReport:
-    """Sum ledger items (as DynamoDB returns them) per ``by`` group, per day and in total.
+    """Sum ledger records per ``by`` group, per day and in total.
 
     ``since``/``until`` default to the first and last day found (``None`` when none).
 
     Raises:
-        ValueError: an item is not a valid ledger record, or ``by`` is unknown.
+        ValueError: ``by`` is unknown.
     """
     if by not in GROUP_BY:
         raise ValueError(f"cannot group by {by!r} (one of: {', '.join(GROUP_BY)})")
     groups: dict[str, _Sums] = {}
     days: dict[str, _Sums] = {}
     total = _Sums()
-    for rec in map(parse_record, records):
+    for rec in records:
         groups.setdefault(_key(rec, by), _Sums()).add(rec)
         days.setdefault(rec.day, _Sums()).add(rec)
         total.add(rec)
@@ -334,9 +305,9 @@ class Advice(BaseModel):
 
 
 def advise(
-    records: Iterable[Mapping[str, Any]], dimensions: int = 0, small: int = SMALL_GROUP_DOCUMENTS
+    records: Iterable[LedgerRecord], dimensions: int = 0, small: int = SMALL_GROUP_DOCUMENTS
 ) -> list[Advice]:
-    """What would save money, from ledger items (as DynamoDB returns them).
+    """What would save money, from ledger records.
 
     - ``sync_api``: the OpenAI spend of groups that went through the synchronous API only
       (``api == "sync"``) and what the Batch API (half price) would save on it;
@@ -348,11 +319,8 @@ def advise(
     - ``dimensions``: per text-embedding-3 model used at its native size (``dimensions``
       is the stack's EmbeddingDimensions, 0 = native), the storage a 512-dimension vector
       saves (the OpenAI price does not depend on dimensions: saving 0 USD).
-
-    Raises:
-        ValueError: an item is not a valid ledger record.
     """
-    recs = [parse_record(r) for r in records]
+    recs = list(records)
     openai = sum((_money(r.cost_usd) for r in recs), Decimal(0))
     lines: list[Advice] = []
 

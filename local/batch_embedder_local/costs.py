@@ -18,9 +18,10 @@ import os
 import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
-from batch_embedder.aws import jobs
+from batch_embedder.aws.ledger import ledger_store
+from batch_embedder.records import LedgerRecord
 
 from .cost_report import (
     GROUP_BY,
@@ -58,22 +59,23 @@ DEFAULT_DAYS = 30
 # -- reading and summarising -----------------------------------------------------------
 
 
-def load_records(usage_table: str, since: date, until: date) -> list[dict[str, Any]]:
+def load_records(usage_table: str, since: date, until: date) -> list[LedgerRecord]:
     """Every ledger record of the UTC days ``since..until`` (both included), oldest day first.
 
     One paginated DynamoDB query per day partition (``pk = "ledger#YYYY-MM-DD"``) of the
-    usage table; within a day, records come in job-id order. Items are returned as
-    DynamoDB gives them (numbers as ``Decimal``: ``tokens`` in tokens, ``*_usd`` in USD).
+    usage table (``aws.ledger.LedgerStore.records``); within a day, records come in job-id
+    order (``tokens`` in tokens, ``*_usd`` in USD).
 
     Raises:
-        ValueError: ``since`` is after ``until``.
+        ValueError: ``since`` is after ``until``, or a stored record is malformed.
     """
     if since > until:
         raise ValueError(f"--since {since} is after --until {until}")
-    records: list[dict[str, Any]] = []
+    ledger = ledger_store(usage_table)
+    records: list[LedgerRecord] = []
     day = since
     while day <= until:
-        records.extend(jobs.ledger_records(usage_table, day.isoformat()))
+        records.extend(ledger.records(day.isoformat()))
         day += timedelta(days=1)
     return records
 

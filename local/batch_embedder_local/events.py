@@ -27,7 +27,6 @@ pointing at the emulator on the Docker host (``batch-embedder local openai-serve
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -208,31 +207,45 @@ def capture(stack: LocalStack) -> dict[str, Any]:
 def env_vars(stack: LocalStack) -> dict[str, dict[str, str]]:
     """``{function logical id: {VAR: value}}`` for ``sam local invoke --env-vars``.
 
-    Every function gets template.yaml's Globals variables (SAM only passes variables the
-    template declares) with the stack's values: its bucket and table names, its secrets by
-    name (an ARN's random suffix would change every run), the emulator on the Docker host.
+    Each function gets the variables template.yaml gives it (SAM only passes variables the
+    template declares; each function declares only those of its settings mixins) with the
+    stack's values: its bucket and table names, its secrets by name (an ARN's random suffix
+    would change every run), the emulator on the Docker host.
     """
     import boto3
 
-    template = stack.template
-    names = template.get("Globals", {}).get("Function", {}).get("Environment", {})
-    names = names.get("Variables", {})
+    lam = boto3.client("lambda", region_name=REGION)
     secrets = boto3.client("secretsmanager", region_name=REGION)
-    env: dict[str, str] = {}
-    for var in names:
-        value = os.environ.get(var, "")
-        if var.endswith("_SECRET_ID") and value:
-            value = str(secrets.describe_secret(SecretId=value)["Name"])
-        env[var] = value
-    env["OPENAI_BASE_URL"] = DOCKER_OPENAI_BASE_URL
-    env["TIKTOKEN_CACHE_DIR"] = "/opt/tiktoken"  # the layer's baked cache
-    env["POWERTOOLS_LOG_LEVEL"] = "INFO"
-    functions = sorted(
-        logical
-        for logical, res in template["Resources"].items()
+    template = stack.template
+    functions = {
+        logical: res
+        for logical, res in sorted(template["Resources"].items())
         if res["Type"] == "AWS::Serverless::Function"
-    )
-    return {logical: dict(sorted(env.items())) for logical in functions}
+    }
+    # Every function's variables have one value each (the local stack refuses otherwise),
+    # so a function the local stack does not create (MigrateDatabase, whose Condition is
+    # false locally) takes its values from the ones it does.
+    values: dict[str, str] = {}
+    for logical in functions:
+        if logical in stack.refs:
+            config = lam.get_function_configuration(FunctionName=stack.refs[logical])
+            values.update(config.get("Environment", {}).get("Variables", {}))
+    shared = template["Globals"]["Function"].get("Environment", {}).get("Variables", {})
+    out: dict[str, dict[str, str]] = {}
+    for logical, res in functions.items():
+        own = res["Properties"].get("Environment", {}).get("Variables", {})
+        env: dict[str, str] = {}
+        for var in {**shared, **own}:
+            value = values.get(var, "")
+            if var.endswith("_SECRET_ID") and value:
+                value = str(secrets.describe_secret(SecretId=value)["Name"])
+            env[var] = value
+        if "OPENAI_BASE_URL" in env:
+            env["OPENAI_BASE_URL"] = DOCKER_OPENAI_BASE_URL
+        env["TIKTOKEN_CACHE_DIR"] = "/opt/tiktoken"  # the layer's baked cache
+        env["POWERTOOLS_LOG_LEVEL"] = "INFO"
+        out[logical] = dict(sorted(env.items()))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,27 +38,33 @@ def create_table(logical_id: str, name: str) -> None:
     dynamodb.ddb().create_table(**kwargs)
 
 
+def forget_clients() -> None:
+    """Drop the library's cached boto3 clients (``functools.cache``), so that the next ones
+    are made inside the mock that starts now."""
+    from batch_embedder.aws import clients, dynamodb
+
+    clients.client.cache_clear()
+    clients.secrets_provider.cache_clear()
+    dynamodb.ddb.cache_clear()
+
+
 @contextmanager
 def moto_table(logical_id: str = "UsageTable", name: str = "usage") -> Iterator[str]:
     """Start moto (fake credentials), create the table, yield its name; undo it all after."""
     from moto import mock_aws
 
-    from batch_embedder.aws import clients, dynamodb
-
     saved = {k: os.environ.get(k) for k in FAKE_AWS_ENV}
     os.environ.update(FAKE_AWS_ENV)
     try:
         with mock_aws():
-            dynamodb.reset()
-            clients.reset()
+            forget_clients()
             remove = install_dynamodb_request_lock()
             try:
                 create_table(logical_id, name)
                 yield name
             finally:
                 remove()
-                dynamodb.reset()
-                clients.reset()
+                forget_clients()
     finally:
         for k, v in saved.items():
             if v is None:

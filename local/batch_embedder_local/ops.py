@@ -27,10 +27,15 @@ from typing import Any
 
 import boto3
 from botocore.exceptions import ClientError
+from pydantic import TypeAdapter
 
-from batch_embedder.aws import jobs as job_items
-from batch_embedder.aws.budget import get_counter, utc_day
-from batch_embedder.aws.registry import BatchRegistry
+from batch_embedder.aws.budget import budget_store, utc_day
+from batch_embedder.aws.jobs import job_store
+from batch_embedder.aws.registry import batch_registry
+from batch_embedder.models import ObjectCreated, UploadEvent
+
+#: An execution's input: the group's uploads, as the pipe sends them.
+_UPLOADS = TypeAdapter(list[UploadEvent])
 
 #: Execution statuses, in the order they are shown.
 STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")
@@ -185,24 +190,6 @@ def _count_executions(arn: str) -> dict[str, int]:
     return counts
 
 
-def _job_items(jobs_table: str) -> list[dict[str, Any]]:
-    """The jobs' own items (not batches, webhooks): a scan, for the local stack only."""
-    from batch_embedder.aws.dynamodb import ddb
-
-    items: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {"TableName": jobs_table}
-    while True:
-        page = ddb().scan(**kwargs)
-        items.extend(
-            i
-            for i in page.get("Items", [])
-            if "#" not in str(i["job_id"]) and ("status" in i or "reservation_state" in i)
-        )
-        if "LastEvaluatedKey" not in page:
-            return items
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
 def status(res: Resources, *, day: str | None = None, scan_jobs: bool = False) -> dict[str, Any]:
     """What is going on: queues, batches in flight, executions, today's budget.
 
@@ -211,8 +198,8 @@ def status(res: Resources, *, day: str | None = None, scan_jobs: bool = False) -
     """
     day = day or utc_day()
     queues = [_queue_depth(u) for u in (res.upload_queue_url, res.dead_letter_queue_url) if u]
-    batches = BatchRegistry(res.jobs_table).open_batches()
-    counter = get_counter(res.usage_table, day, f"model:{res.model}")
+    batches = batch_registry(res.jobs_table).open_batches()
+    counter = budget_store(res.jobs_table, res.usage_table).counter(day, f"model:{res.model}")
     out: dict[str, Any] = {
         "queues": queues,
         "open_batches": [
@@ -220,10 +207,10 @@ def status(res: Resources, *, day: str | None = None, scan_jobs: bool = False) -
             for b in sorted(batches, key=lambda b: b.batch_id)
         ],
         "executions": _count_executions(res.state_machine_arn) if res.state_machine_arn else None,
-        "budget": {"day": day, "scope": f"model:{res.model}", **counter},
+        "budget": {"day": day, "scope": f"model:{res.model}", **counter.model_dump()},
     }
     if scan_jobs:
-        counts = Counter(str(i.get("status", "RUNNING?")) for i in _job_items(res.jobs_table))
+        counts = Counter(i.status or "RUNNING?" for i in job_store(res.jobs_table).scan_jobs())
         out["jobs"] = dict(sorted(counts.items()))
     return out
 
@@ -310,11 +297,11 @@ def list_jobs(res: Resources, which: str = "failed", *, limit: int = 20) -> list
                 execution_arn=ex["executionArn"],
             )
             if which == "failed":
-                item = job_items.get_job(res.jobs_table, ex["name"])
-                info.failed_state = str(item.get("failed_state", "")) or (
+                item = job_store(res.jobs_table).get(ex["name"])
+                info.failed_state = item.failed_state or (
                     _failed_state_from_history(sfn, ex["executionArn"])
                 )
-                info.cause = str(item.get("cause", "") or desc.get("cause", ""))
+                info.cause = item.cause or str(desc.get("cause", ""))
             found.append(info)
         if not page.get("nextToken"):
             break
@@ -323,16 +310,16 @@ def list_jobs(res: Resources, which: str = "failed", *, limit: int = 20) -> list
 
 
 def _failed_from_table(res: Resources, limit: int) -> list[JobInfo]:
-    items = [i for i in _job_items(res.jobs_table) if i.get("status") == "FAILED"]
-    items.sort(key=lambda i: -float(i.get("finished_at", 0)))
+    items = [i for i in job_store(res.jobs_table).scan_jobs() if i.status == "FAILED"]
+    items.sort(key=lambda i: -(i.finished_at or 0))
     return [
         JobInfo(
-            job_id=str(i["job_id"]),
+            job_id=i.job_id,
             status="FAILED",
-            stopped=_when(i.get("finished_at")),
-            keys=[str(i["source_key"])] if i.get("source_key") else [],
-            failed_state=str(i.get("failed_state", "")),
-            cause=str(i.get("cause", "")),
+            stopped=_when(i.finished_at),
+            keys=[i.source_key] if i.source_key else [],
+            failed_state=i.failed_state,
+            cause=i.cause,
         )
         for i in items[:limit]
     ]
@@ -356,21 +343,21 @@ def _exists(sfn: Any, arn: str) -> bool:
     return True
 
 
-def _latest(uploads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _latest(uploads: list[UploadEvent]) -> list[UploadEvent]:
     """Each created upload pointed at its object's current version (after a fix)."""
     s3 = boto3.client("s3")
-    fresh: list[dict[str, Any]] = []
+    fresh: list[UploadEvent] = []
     for upload in uploads:
-        if upload.get("event") == "Object Created":
-            head = s3.head_object(Bucket=upload["bucket"], Key=upload["key"])
-            upload = {
-                **upload,
-                "etag": str(head["ETag"]).strip('"'),
-                "size": str(head["ContentLength"]),
-            }
+        if isinstance(upload, ObjectCreated):
+            head = s3.head_object(Bucket=upload.bucket, Key=upload.key)
             version = head.get("VersionId")
-            if version and version != "null":
-                upload["version_id"] = version
+            upload = upload.model_copy(
+                update={
+                    "etag": str(head["ETag"]).strip('"'),
+                    "size": int(head["ContentLength"]),
+                    **({"version_id": version} if version and version != "null" else {}),
+                }
+            )
         fresh.append(upload)
     return fresh
 
@@ -395,7 +382,7 @@ def retry(res: Resources, job_id: str, *, latest: bool = False) -> dict[str, str
         raise OpsError(f"no execution {job_id!r}: {exc}") from None
     if desc["status"] == "RUNNING":
         raise OpsError(f"{job_id} is still running")
-    uploads = json.loads(desc.get("input") or "[]")
+    uploads = _UPLOADS.validate_json(desc.get("input") or "[]")
     if latest:
         uploads = _latest(uploads)
     base = RETRY_SUFFIX.sub("", job_id)
@@ -404,7 +391,9 @@ def retry(res: Resources, job_id: str, *, latest: bool = False) -> dict[str, str
         n += 1
     name = f"{base}-retry-{n}"
     started = sfn.start_execution(
-        stateMachineArn=res.state_machine_arn, name=name, input=json.dumps(uploads)
+        stateMachineArn=res.state_machine_arn,
+        name=name,
+        input=_UPLOADS.dump_json(uploads, exclude_none=True).decode(),
     )
     return {"job_id": job_id, "retry": name, "execution_arn": str(started["executionArn"])}
 

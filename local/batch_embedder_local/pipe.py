@@ -87,6 +87,7 @@ class LocalPipe:
     usage: metering.AwsUsage = field(default_factory=metering.AwsUsage)
     started: list[StartedGroup] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _flush: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
     _sqs_client: Any = None
@@ -109,9 +110,16 @@ class LocalPipe:
         sqs = self._sqs()
         self._metered(sqs.send_message, QueueUrl=self.queue_url, MessageBody=json.dumps(event))
 
+    def flush(self) -> None:
+        """No more uploads are coming (the CLI sent its last one): from now on a group
+        starts as soon as the queue is drained, without waiting out the window. A deployed
+        pipe cannot know this and always waits for its window."""
+        self._flush.set()
+
     def start(self, reconcile: Any = None, reconcile_seconds: float = 0) -> None:
         """Start the pipe thread (and the reconciler's schedule when given)."""
         self._stop.clear()
+        self._flush.clear()
         self._threads = [threading.Thread(target=self._run, name="local-pipe", daemon=True)]
         if reconcile is not None and reconcile_seconds > 0:
             self._threads.append(
@@ -147,7 +155,8 @@ class LocalPipe:
             want = min(RECEIVE_MAX, self.batch_size - len(records))
             # Long polling, as a pipe does (an idle queue costs a few receives a minute).
             left = self.window_seconds - (time.monotonic() - first_at) if records else 1e9
-            wait = LONG_POLL_SECONDS if left >= LONG_POLL_SECONDS else 0
+            flushing = self._flush.is_set()
+            wait = LONG_POLL_SECONDS if left >= LONG_POLL_SECONDS and not flushing else 0
             page = self._metered(
                 sqs.receive_message, QueueUrl=self.queue_url, MaxNumberOfMessages=want,
                 VisibilityTimeout=600, WaitTimeSeconds=wait,
@@ -157,7 +166,9 @@ class LocalPipe:
                 first_at = time.monotonic()
             records.extend(got)
             full = len(records) >= self.batch_size
-            due = records and time.monotonic() - first_at >= self.window_seconds
+            due = records and (
+                time.monotonic() - first_at >= self.window_seconds or (flushing and not got)
+            )
             if full or due:
                 self._start_group(sfn, sqs, records)
                 records = []

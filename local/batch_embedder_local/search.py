@@ -12,9 +12,11 @@ from psycopg import sql
 
 from batch_embedder.db.connection import connect
 from batch_embedder.db.schema import SCHEMA
-from batch_embedder.db.vectors import SearchHit, search
+from batch_embedder.db.search import SearchHit, search_models
+from batch_embedder.local_model import MODEL_NAME
 from batch_embedder.openai.client import request_dimensions_for, request_model
 from batch_embedder.openai.files import decode_embedding
+from batch_embedder.openai.local_provider import embed_local
 from batch_embedder.settings import Settings
 
 from .postgres import local_database_url
@@ -79,16 +81,31 @@ def nearest(
 ) -> list[SearchHit]:
     """Embed ``query`` through ``client`` with the settings' model and dimensions (as the
     pipeline embeds), then the ``k`` nearest chunks in the database at ``url`` among keys
-    starting with ``prefix``."""
-    vector = _embed(client, query, settings)
+    starting with ``prefix``.
+
+    Rows the local fallback wrote during an outage and the provider has not replaced yet
+    are searched too, with the query embedded by the local model, and returned after the
+    configured model's hits; every hit names its model (``db/search.search_models``).
+    While the provider does not answer, only those rows are searched.
+    """
+
+    def embed_query(model: str, dimensions: int) -> np.ndarray[Any, Any]:
+        if model == MODEL_NAME and settings.embedding_provider != "compatible":
+            return embed_local([query]).vectors[0]
+        scoped = settings.model_copy(
+            update={"embedding_model": model, "embedding_dimensions": dimensions}
+        )
+        return _embed(client, query, scoped)
+
     with connect(url) as conn:
-        return search(
+        return search_models(
             conn,
-            vector,
+            embed_query,
             model=settings.embedding_model,
             dimensions=settings.dimensions,
             k=k,
             prefix=prefix,
+            unavailable=(openai.APIConnectionError, openai.InternalServerError),
         )
 
 

@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import sys
+import threading
 import time
 import uuid
 import zipfile
@@ -23,9 +24,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
+
+if TYPE_CHECKING:
+    from batch_embedder.records import LedgerRecord
 
 from .lambda_adapter import LambdaAdapter, LocalFunction, install_dynamodb_request_lock
 from .pipe import FunctionUrl, LocalPipe
@@ -58,6 +62,13 @@ MOTO_CONFIG = {
 def default_home() -> Path:
     """``BATCH_EMBEDDER_HOME`` or ``./.batch-embedder``."""
     return Path(os.environ.get("BATCH_EMBEDDER_HOME", ".batch-embedder"))
+
+
+def bucket_name(logical: str) -> str:
+    """The local name of the template's bucket ``logical`` (``DocumentsBucket`` ->
+    ``batch-embedder-local-documentsbucket``); the same in every run, so what Postgres
+    keeps about its objects outlives moto."""
+    return f"{STACK}-{logical.lower()}"
 
 
 @dataclass
@@ -177,7 +188,7 @@ class LocalStack:
         """Start moto, the emulator and Postgres, and create the template's resources."""
         from moto import mock_aws
 
-        from batch_embedder.aws import clients, dynamodb
+        from .moto_tables import forget_clients
 
         self.home.mkdir(parents=True, exist_ok=True)
         # moto logs every failed execution's Fail state at ERROR; the results say it better.
@@ -203,8 +214,7 @@ class LocalStack:
             sys.stdout = self._log_handle
         self._mock = mock_aws(config=MOTO_CONFIG)  # type: ignore[call-overload]
         self._mock.start()
-        clients.reset()
-        dynamodb.reset()
+        forget_clients()
         self.adapter.install()
         self._remove_lock = install_dynamodb_request_lock()
         self._create_resources(openai_key, base_url)
@@ -307,14 +317,19 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop everything (saving the tables first) and restore the environment."""
+        # The Function URL's server ends at its next poll (up to 0.5 s): meanwhile the rest stops.
+        url_stopped = None
+        if self.function_url is not None:
+            url_stopped = threading.Thread(target=self.function_url.stop, name="stop-url")
+            url_stopped.start()
         if self.pipe is not None:
             self.pipe.stop()
             self.pipe = None
-        if self.function_url is not None:
-            self.function_url.stop()
-            self.function_url = None
         if self.persist and self._mock is not None:
             self._save_tables()
+        if url_stopped is not None:
+            url_stopped.join()
+            self.function_url = None
         self.adapter.uninstall()
         if self._remove_lock is not None:
             self._remove_lock()
@@ -367,7 +382,7 @@ class LocalStack:
         for logical, res in resources.items():
             kind = res["Type"]
             if kind == "AWS::S3::Bucket":
-                name = f"{STACK}-{logical.lower()}"
+                name = bucket_name(logical)
                 s3.create_bucket(Bucket=name)
                 if res.get("Properties", {}).get("VersioningConfiguration"):
                     s3.put_bucket_versioning(
@@ -425,14 +440,10 @@ class LocalStack:
                 secrets.put_secret_value(SecretId=self.refs[logical], SecretString=value)
 
         globals_fn = self.template.get("Globals", {}).get("Function", {})
-        env = dict(resolver.resolve(globals_fn.get("Environment", {}).get("Variables", {})))
-        env.pop(
-            "TIKTOKEN_CACHE_DIR", None
-        )  # /opt/tiktoken is the layer's; locally it is baked on demand
-        env["OPENAI_BASE_URL"] = base_url
+        envs = function_environments(resources, globals_fn, resolver, base_url)
         for secret_env in ("OPENAI_API_KEY", "DATABASE_URL"):
             os.environ.pop(secret_env, None)  # read them from the secrets, as on AWS
-        os.environ.update({k: str(v) for k, v in env.items()})
+        os.environ.update(_union(envs))
         os.environ["POWERTOOLS_LOG_LEVEL"] = os.environ.get("LOCAL_LOG_LEVEL", "WARNING")
 
         lam = self._aws("lambda")
@@ -459,11 +470,6 @@ class LocalStack:
                 **{k: v for k, v in globals_fn.items() if k != "Environment"},
                 **res["Properties"],
             }
-            if res["Properties"].get("Environment"):
-                raise RuntimeError(
-                    f"{logical}: per-function Environment is not supported by the local stack "
-                    "(handlers share one process); put it in Globals"
-                )
             fn = LocalFunction(
                 logical_id=logical,
                 name=self.refs[logical],
@@ -481,7 +487,7 @@ class LocalStack:
                 Code={"ZipFile": _placeholder_zip()},
                 Timeout=fn.timeout_seconds,
                 MemorySize=fn.memory_mb,
-                Environment={"Variables": {k: str(v) for k, v in env.items()}},
+                Environment={"Variables": envs[logical]},
             )
             self.adapter.register(fn)
 
@@ -657,20 +663,19 @@ class LocalStack:
             )
             # A failed execution has no output: what it was billed anyway is in the ledger.
             record = self.ledger_record(execution_arn.rsplit(":", 1)[-1])
-            result.output = {k: int(record[k]) for k in ("tokens", "repaid_tokens") if k in record}
-            if "tokens" in result.output:
-                result.output["billed_tokens"] = result.output.pop("tokens")
+            if record is not None:
+                result.output = {
+                    "billed_tokens": record.tokens,
+                    "repaid_tokens": record.repaid_tokens,
+                }
         return result
 
-    def ledger_record(self, job_id: str) -> dict[str, Any]:
-        """The job's ledger record of today (UTC), or {} (local runs settle the same day)."""
+    def ledger_record(self, job_id: str) -> LedgerRecord | None:
+        """The job's ledger record of today (UTC), or None (local runs settle the same day)."""
         from batch_embedder.aws.budget import utc_day
+        from batch_embedder.aws.ledger import ledger_store
 
-        table = boto3.resource("dynamodb", region_name=REGION).Table(self.refs["UsageTable"])
-        item: dict[str, Any] = table.get_item(Key={"pk": f"ledger#{utc_day()}", "sk": job_id}).get(
-            "Item", {}
-        )
-        return item
+        return ledger_store(self.refs["UsageTable"]).get(utc_day(), job_id)
 
     def wait(
         self,
@@ -779,3 +784,49 @@ def _placeholder_zip() -> bytes:
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("app.py", "# the local stack runs functions/<step>/app.py in-process\n")
     return buf.getvalue()
+
+
+def function_environments(
+    resources: dict[str, Any],
+    globals_fn: dict[str, Any],
+    resolver: Resolver,
+    base_url: str | None = None,
+) -> dict[str, dict[str, str]]:
+    """``{function logical id: its variables}``: the Globals' and its own ``Environment``,
+    resolved, with the emulator as ``OPENAI_BASE_URL`` where the function has one. The
+    layer's ``TIKTOKEN_CACHE_DIR`` (/opt/tiktoken) is dropped: locally it is baked on
+    demand."""
+    shared = resolver.resolve(globals_fn.get("Environment", {}).get("Variables", {}))
+    envs: dict[str, dict[str, str]] = {}
+    for logical, res in resources.items():
+        if res["Type"] != "AWS::Serverless::Function":
+            continue
+        own = resolver.resolve(res["Properties"].get("Environment", {}).get("Variables", {}))
+        env = {k: str(v) for k, v in {**shared, **own}.items() if k != "TIKTOKEN_CACHE_DIR"}
+        if "OPENAI_BASE_URL" in env and base_url is not None:
+            env["OPENAI_BASE_URL"] = base_url
+        envs[logical] = env
+    return envs
+
+
+def _union(envs: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Every function's variables in one environment (the handlers share this process; each
+    reads only its own through :func:`batch_embedder.settings.scoped`).
+
+    Raises:
+        RuntimeError: two functions give one variable different values (one process cannot
+            hold both).
+    """
+    union: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for logical, env in sorted(envs.items()):
+        for name, value in env.items():
+            if name in union and union[name] != value:
+                raise RuntimeError(
+                    f"{logical} sets {name}={value!r} but {owner[name]} sets {union[name]!r}: "
+                    "the local stack runs every function in one process, so a variable must "
+                    "have one value"
+                )
+            union[name] = value
+            owner.setdefault(name, logical)
+    return union

@@ -61,6 +61,15 @@ def test_state_machine_logs_errors_and_the_dashboard_shows_failures_and_cost() -
         assert metric in body, metric
 
 
+def function_variables() -> dict[str, Any]:
+    """Every function's ``Environment`` variables together (each sets its own)."""
+    env: dict[str, Any] = {}
+    for res in load_template()["Resources"].values():
+        if res["Type"] == "AWS::Serverless::Function":
+            env.update(res["Properties"].get("Environment", {}).get("Variables", {}))
+    return env
+
+
 @pytest.mark.parametrize(
     ("tier", "overrides", "expected"),
     [
@@ -72,7 +81,7 @@ def test_state_machine_logs_errors_and_the_dashboard_shows_failures_and_cost() -
 def test_openai_tier_sets_the_rate_limits_unless_overridden(
     tier: str, overrides: dict[str, str], expected: tuple[str, str, str]
 ) -> None:
-    env = load_template()["Globals"]["Function"]["Environment"]["Variables"]
+    env = function_variables()
     r = resolver(OpenAITier=tier, **overrides)
     names = ("EMBEDDINGS_REQUESTS_PER_MINUTE", "EMBEDDINGS_TOKENS_PER_MINUTE")
     got = tuple(str(r.resolve(env[n])) for n in (*names, "BATCH_ENQUEUED_TOKEN_CAP"))
@@ -80,7 +89,7 @@ def test_openai_tier_sets_the_rate_limits_unless_overridden(
 
 
 def test_every_env_only_setting_users_change_is_a_parameter() -> None:
-    env = load_template()["Globals"]["Function"]["Environment"]["Variables"]
+    env = function_variables()
     for name in ("BATCH_INPUTS_PER_REQUEST", "OPENAI_MAX_RETRIES", "RATE_LIMIT_MAX_WAIT_SECONDS",
                  "PRICE_OVERRIDES", "PREFIX_TOKEN_LIMITS"):  # fmt: skip
         assert name in env, name

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from batch_embedder.settings import (
+    ChunkingSettings,
+    DatabaseSettings,
+    Mixins,
+    Settings,
+    variables,
+)
 from batch_embedder_local.asl_check import check_file, check_states, check_template
 from batch_embedder_local.template import load_template
 from tests.utils import ROOT
@@ -168,3 +178,71 @@ def test_bucket_is_private_encrypted_tls_only_and_sends_events() -> None:
     assert bucket["BucketEncryption"]
     policy = json.dumps(resources["DocumentsBucketPolicy"]["Properties"])
     assert "aws:SecureTransport" in policy and '"Deny"' in policy
+
+
+def _function_mixins(functions: dict[str, Any]) -> dict[str, Mixins]:
+    """The settings mixins each function's ``app.py`` declares."""
+    declared: dict[str, Mixins] = {}
+    for logical, fn in functions.items():
+        path = ROOT / fn["Properties"]["CodeUri"] / "app.py"
+        spec = importlib.util.spec_from_file_location(f"_app_{logical}", path)
+        assert spec is not None and spec.loader is not None, path
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        handler = getattr(module, "lambda_handler", None)
+        declared[logical] = getattr(handler, "settings_mixins", None) or module.SETTINGS
+    return declared
+
+
+def environment_problems(template: dict[str, Any]) -> list[str]:
+    """Where a function's ``Environment`` differs from its settings mixins: a variable of its
+    mixins that the template sets for some function but not for it (it would silently read
+    the default), or a settings variable it does not declare. Settings variables in Globals
+    are problems too: every function would get them."""
+    functions = {
+        k: v for k, v in template["Resources"].items() if v["Type"] == "AWS::Serverless::Function"
+    }
+    fields = {name.upper() for name in Settings.model_fields}
+    shared = template["Globals"]["Function"].get("Environment", {}).get("Variables", {})
+    problems = [f"Globals sets {name}" for name in sorted(fields & set(shared))]
+    own = {
+        k: set(v["Properties"].get("Environment", {}).get("Variables", {}))
+        for k, v in functions.items()
+    }
+    configured = fields & set().union(*own.values())
+    for logical, mixins in _function_mixins(functions).items():
+        have = own[logical] & fields
+        want = variables(mixins) & configured
+        problems += [f"{logical} lacks {name}" for name in sorted(want - have)]
+        problems += [f"{logical} sets {name} outside its mixins" for name in sorted(have - want)]
+    return problems
+
+
+def test_each_function_gets_exactly_the_variables_of_its_settings_mixins() -> None:
+    template = load_template()
+    assert environment_problems(template) == []
+    # Each declares what it reads: the steps' reads are checked at run time by the scoped
+    # settings (tests/unit/test_pricing_and_settings.py), on every local-stack test.
+    mixins = _function_mixins(
+        {k: v for k, v in template["Resources"].items() if v["Type"].endswith("::Function")}
+    )
+    assert mixins["MigrateDatabaseFunction"] == (DatabaseSettings,)
+    assert ChunkingSettings in mixins["ChunkAndEstimateFunction"]
+    assert all(
+        ChunkingSettings not in m for k, m in mixins.items() if k != "ChunkAndEstimateFunction"
+    )
+
+
+def test_the_environment_check_notices_a_missing_and_an_extra_variable() -> None:
+    template = copy.deepcopy(load_template())
+    resources = template["Resources"]
+    del resources["EmbedSyncFunction"]["Properties"]["Environment"]["Variables"]["EMBED_ROUNDS"]
+    resources["WaitForBatchesFunction"]["Properties"]["Environment"]["Variables"][
+        "CHUNK_TOKENS"
+    ] = {"Ref": "ChunkTokens"}
+    template["Globals"]["Function"]["Environment"]["Variables"]["SYNC_PREFIXES"] = ""
+    assert environment_problems(template) == [
+        "Globals sets SYNC_PREFIXES",
+        "EmbedSyncFunction lacks EMBED_ROUNDS",
+        "WaitForBatchesFunction sets CHUNK_TOKENS outside its mixins",
+    ]

@@ -21,12 +21,12 @@ DAY = "2030-01-02"
 MODEL = "text-embedding-3-small"
 
 
-def tables() -> dict[str, str]:
-    return {"jobs_table": os.environ["JOBS_TABLE"], "usage_table": os.environ["USAGE_TABLE"]}
+def store() -> budget.BudgetStore:
+    return budget.budget_store(os.environ["JOBS_TABLE"], os.environ["USAGE_TABLE"])
 
 
 def counter(day: str, scope: str = f"model:{MODEL}") -> dict[str, int]:
-    return budget.get_counter(os.environ["USAGE_TABLE"], day, scope)
+    return store().counter(day, scope).model_dump()
 
 
 def scopes(limit: int) -> list[budget.BudgetScope]:
@@ -35,15 +35,15 @@ def scopes(limit: int) -> list[budget.BudgetScope]:
 
 def test_reserve_is_idempotent_per_job(stack: Any) -> None:
     args = {"key": "a.txt", "tokens": 500, "scopes": scopes(10_000), "day": DAY}
-    r1 = budget.reserve(**tables(), job_id="idem", **args)  # type: ignore[arg-type]
-    r2 = budget.reserve(**tables(), job_id="idem", **args)  # type: ignore[arg-type]
+    r1 = store().reserve(job_id="idem", **args)  # type: ignore[arg-type]
+    r2 = store().reserve(job_id="idem", **args)  # type: ignore[arg-type]
     assert r1 == r2
     assert counter(DAY)["held_tokens"] == 500
-    assert budget.settle(**tables(), job_id="idem", billed_tokens=450, outcome="committed") == (
+    assert store().settle(job_id="idem", billed_tokens=450, outcome="committed") == (
         50,
         450,
     )
-    assert budget.settle(**tables(), job_id="idem", billed_tokens=450, outcome="committed") == (
+    assert store().settle(job_id="idem", billed_tokens=450, outcome="committed") == (
         0,
         0,
     )
@@ -52,13 +52,9 @@ def test_reserve_is_idempotent_per_job(stack: Any) -> None:
 
 def test_over_budget_says_how_much_was_asked_and_what_remains(stack: Any) -> None:
     day = "2030-01-03"
-    budget.reserve(
-        **tables(), job_id="first", key="a.txt", tokens=700, scopes=scopes(1000), day=day
-    )
+    store().reserve(job_id="first", key="a.txt", tokens=700, scopes=scopes(1000), day=day)
     with pytest.raises(BudgetExceededError) as info:
-        budget.reserve(
-            **tables(), job_id="second", key="b.txt", tokens=400, scopes=scopes(1000), day=day
-        )
+        store().reserve(job_id="second", key="b.txt", tokens=400, scopes=scopes(1000), day=day)
     err = info.value
     assert (err.requested_tokens, err.remaining_tokens, err.limit_tokens) == (400, 300, 1000)
     assert str(err).startswith(
@@ -75,7 +71,7 @@ def test_a_prefix_scope_holds_only_its_share_and_settles_a_proportional_share(
     prefix = budget.prefix_scope("tenant-a/", 1_000)
     sc = [budget.model_scope(MODEL, 10_000), prefix]
     # A group of 1,200 tokens of which 800 are tenant-a/'s documents.
-    budget.reserve(**tables(), job_id="ta-1", key="2 uploads: tenant-a/x.txt, other/y.txt",
+    store().reserve(job_id="ta-1", key="2 uploads: tenant-a/x.txt, other/y.txt",
                    tokens=1_200, scopes=sc, scope_tokens={prefix.name: 800}, day=day)  # fmt: skip
     assert counter(day)["held_tokens"] == 1_200
     assert counter(day, prefix.name) == {
@@ -83,25 +79,25 @@ def test_a_prefix_scope_holds_only_its_share_and_settles_a_proportional_share(
     }  # fmt: skip
     # The prefix limit is checked with the model limit, in one transaction.
     with pytest.raises(BudgetExceededError, match="prefix:tenant-a/") as info:
-        budget.reserve(**tables(), job_id="ta-2", key="tenant-a/y.txt", tokens=300,
+        store().reserve(job_id="ta-2", key="tenant-a/y.txt", tokens=300,
                        scopes=sc, scope_tokens={prefix.name: 300}, day=day)  # fmt: skip
     assert (info.value.requested_tokens, info.value.remaining_tokens) == (300, 200)
     # The failed group reserved nothing anywhere; other documents still fit the model limit.
     assert counter(day)["held_tokens"] == 1_200
     assert counter(day, prefix.name)["held_tokens"] == 800
-    budget.reserve(**tables(), job_id="tb-1", key="b/x.txt", tokens=300, scopes=sc[:1], day=day)
+    store().reserve(job_id="tb-1", key="b/x.txt", tokens=300, scopes=sc[:1], day=day)
     # Billed 10% less than reserved: the prefix commits its share (800/1200) of the bill.
-    assert budget.settle(**tables(), job_id="ta-1", billed_tokens=1_080,
+    assert store().settle(job_id="ta-1", billed_tokens=1_080,
                          outcome="committed") == (120, 1_080)  # fmt: skip
     assert counter(day, prefix.name) == {
         "held_tokens": 720, "reserved_tokens": 0, "committed_tokens": 720,
     }  # fmt: skip
     assert counter(day) == {"held_tokens": 1_380, "reserved_tokens": 300, "committed_tokens": 1_080}
     # A failed group releases its prefix share too, committing the same share of its bill.
-    budget.reserve(**tables(), job_id="ta-3", key="tenant-a/z.txt", tokens=400,
+    store().reserve(job_id="ta-3", key="tenant-a/z.txt", tokens=400,
                    scopes=sc, scope_tokens={prefix.name: 200}, day=day)  # fmt: skip
     assert counter(day, prefix.name)["held_tokens"] == 920
-    budget.settle(**tables(), job_id="ta-3", billed_tokens=100, outcome="released")
+    store().settle(job_id="ta-3", billed_tokens=100, outcome="released")
     assert counter(day, prefix.name) == {
         "held_tokens": 770, "reserved_tokens": 0, "committed_tokens": 770,
     }  # fmt: skip
@@ -158,7 +154,7 @@ def test_budget_check_leaves_out_a_prefix_over_its_budget_and_reserves_the_rest(
     assert counter(day)["held_tokens"] - model_before == 500
     assert counter(day, f"prefix:{pa}")["held_tokens"] == 300
     assert counter(day, f"prefix:{pb}")["held_tokens"] == 0
-    budget.settle(**tables(), job_id=job_id, billed_tokens=450, outcome="committed")
+    store().settle(job_id=job_id, billed_tokens=450, outcome="committed")
     assert counter(day, f"prefix:{pa}") == {
         "held_tokens": 270, "reserved_tokens": 0, "committed_tokens": 270,
     }  # fmt: skip
@@ -174,8 +170,8 @@ def test_concurrent_reservations_never_pass_the_limit(stack: Any) -> None:
     def race(i: int) -> None:
         barrier.wait()
         try:
-            budget.reserve(
-                **tables(), job_id=f"race-{i}", key=f"{i}.txt", tokens=each, scopes=scopes(limit),
+            store().reserve(
+                job_id=f"race-{i}", key=f"{i}.txt", tokens=each, scopes=scopes(limit),
                 day=day,
             )  # fmt: skip
             won.append(f"race-{i}")
@@ -192,8 +188,8 @@ def test_concurrent_reservations_never_pass_the_limit(stack: Any) -> None:
     # Settle them all, some twice, concurrently: nothing is lost or counted twice.
     settle = [
         threading.Thread(
-            target=budget.settle,
-            kwargs={**tables(), "job_id": job, "billed_tokens": 900, "outcome": "committed"},
+            target=store().settle,
+            kwargs={"job_id": job, "billed_tokens": 900, "outcome": "committed"},
         )
         for job in won + won
     ]
@@ -208,27 +204,26 @@ def test_sweep_finds_crashed_reservations_and_settle_commits_only_what_the_bill_
     stack: Any,
 ) -> None:
     day = "2030-01-06"
-    budget.reserve(**tables(), job_id="crashed", key="c.txt", tokens=400, scopes=scopes(10_000),
+    store().reserve(job_id="crashed", key="c.txt", tokens=400, scopes=scopes(10_000),
                    day=day, hold_seconds=60)  # fmt: skip
-    budget.reserve(**tables(), job_id="alive", key="d.txt", tokens=100, scopes=scopes(10_000),
+    store().reserve(job_id="alive", key="d.txt", tokens=100, scopes=scopes(10_000),
                    day=day, hold_seconds=3600)  # fmt: skip
-    jobs_table = tables()["jobs_table"]
-    assert "crashed" not in budget.held_jobs(jobs_table=jobs_table, now=time.time())
-    found = budget.held_jobs(jobs_table=jobs_table, now=time.time() + 120)
+    assert "crashed" not in store().held_jobs(now=time.time())
+    found = store().held_jobs(now=time.time() + 120)
     assert "crashed" in found and "alive" not in found
     # The sweep commits what the crashed run's batches billed and gives the rest back, once.
-    assert budget.settle(**tables(), job_id="crashed", billed_tokens=300, outcome="swept") == (
+    assert store().settle(job_id="crashed", billed_tokens=300, outcome="swept") == (
         100,
         300,
     )
-    assert "crashed" not in budget.held_jobs(jobs_table=jobs_table, now=time.time() + 120)
+    assert "crashed" not in store().held_jobs(now=time.time() + 120)
     assert counter(day) == {"held_tokens": 400, "reserved_tokens": 100, "committed_tokens": 300}
     # A batch of the crashed run ingested later grows its bill: only the difference counts.
-    assert budget.settle(**tables(), job_id="crashed", billed_tokens=380, outcome="committed") == (
+    assert store().settle(job_id="crashed", billed_tokens=380, outcome="committed") == (
         0,
         80,
     )
-    assert budget.settle(**tables(), job_id="crashed", billed_tokens=380, outcome="swept") == (0, 0)
+    assert store().settle(job_id="crashed", billed_tokens=380, outcome="swept") == (0, 0)
     assert counter(day) == {"held_tokens": 480, "reserved_tokens": 100, "committed_tokens": 380}
 
 
@@ -251,5 +246,5 @@ def test_wait_mode_waits_for_the_next_utc_day(stack: Any, monkeypatch: pytest.Mo
     with pytest.raises(BudgetExceededError):
         reserve_budget(job.model_copy(update={"job_id": "wait-3"}), Settings())
     # Today's counter is shared with the other modules' runs: give the reservation back.
-    budget.settle(**tables(), job_id="wait-1", billed_tokens=0, outcome="released")
+    store().settle(job_id="wait-1", billed_tokens=0, outcome="released")
     assert counter(budget.utc_day())["held_tokens"] == held_today

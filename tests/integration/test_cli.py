@@ -79,7 +79,8 @@ def test_ingest_json_then_search(tmp_path: Path) -> None:
     assert found.returncode == 0, found.stderr
     hits = json.loads(found.stdout)
     assert hits[0]["key"] == "venv.rst.txt"
-    assert set(hits[0]) == {"key", "chunk_index", "score", "text"}
+    assert set(hits[0]) == {"key", "chunk_index", "score", "model", "text"}
+    assert hits[0]["model"] == "text-embedding-3-small"  # the rows' model embedded the query
 
 
 def test_a_group_of_only_unsupported_files_fails_with_exit_code_1(tmp_path: Path) -> None:
@@ -134,3 +135,72 @@ def test_default_ingest_and_search_are_semantic_with_the_local_model(tmp_path: P
     found = cli("local", "search", question, "--json", "-k", "3", home=home)
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout)[0]["key"] == "venv.rst.txt"
+
+
+def test_reingesting_an_unchanged_folder_uploads_nothing_and_an_edit_is_reembedded(
+    tmp_path: Path,
+) -> None:
+    """Like `aws s3 sync`: a file already embedded with the same bytes and settings is not
+    uploaded again; an edited one is, and only it is paid for."""
+    docs, home = tmp_path / "docs", tmp_path / "home"
+    docs.mkdir()
+    for name in ("appetite.rst.txt", "venv.rst.txt", "errors.rst.txt"):
+        (docs / name).write_bytes((SAMPLES / name).read_bytes())
+    first = cli("local", "ingest", str(docs), "--json", "--quiet", "--vectors", "hashed",
+                home=home)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    totals = json.loads(first.stdout)["totals"]
+    assert (totals["files"], totals["unchanged"], totals["documents"]) == (3, 0, 3)
+    assert totals["tokens"] > 0
+
+    again = cli("local", "ingest", str(docs), "--json", "--quiet", "--vectors", "hashed",
+                home=home)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    out = json.loads(again.stdout)
+    assert out["executions"] == []
+    assert (out["totals"]["files"], out["totals"]["unchanged"]) == (0, 3)
+    assert (out["totals"]["tokens"], out["totals"]["total_cost_usd"]) == (0, 0)
+    assert "the pipe groups" not in again.stderr and "3 file(s) unchanged" in again.stderr
+    report = json.loads(cli("local", "costs", "--json", home=home).stdout)["total"]
+    assert int(report["jobs"]) == 1  # the re-run recorded no job and billed nothing
+
+    # Other settings (chunk size) make every file new again: nothing is skipped.
+    other = cli("local", "ingest", str(docs), "--json", "--quiet", "--vectors", "hashed",
+                "--param", "ChunkTokens=256", "--param", "ChunkOverlapTokens=32",
+                home=home)  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    assert json.loads(other.stdout)["totals"]["unchanged"] == 0
+
+    edited = docs / "venv.rst.txt"
+    edited.write_text(edited.read_text() + "\nA sentence about zebra-striped virtualenvs.\n")
+    third = cli("local", "ingest", str(docs), "--json", "--quiet", "--vectors", "hashed",
+                "--param", "ChunkTokens=256", "--param", "ChunkOverlapTokens=32",
+                home=home)  # fmt: skip
+    assert third.returncode == 0, third.stderr
+    out = json.loads(third.stdout)
+    [group] = out["executions"]
+    assert group["keys"] == ["venv.rst.txt"] and group["status"] == "SUCCEEDED"
+    assert (out["totals"]["files"], out["totals"]["unchanged"]) == (1, 2)
+    assert 0 < out["totals"]["tokens"] < totals["tokens"]  # only the edited chunks are paid
+    found = cli("local", "search", "zebra-striped virtualenvs", "--json", "-k", "1",
+                home=home)  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    [hit] = json.loads(found.stdout)
+    assert hit["key"] == "venv.rst.txt" and "zebra-striped" in hit["text"]
+
+
+def test_a_file_whose_last_ingest_failed_is_uploaded_again(tmp_path: Path) -> None:
+    """Only what was written counts as embedded: after a failed run nothing is skipped."""
+    docs, home = tmp_path / "docs", tmp_path / "home"
+    docs.mkdir()
+    (docs / "errors.rst.txt").write_bytes((SAMPLES / "errors.rst.txt").read_bytes())
+    revoked = cli("local", "ingest", str(docs), "--json", "--quiet", "--vectors", "hashed",
+                  "--emulator", "api_key=revoked", home=home)  # fmt: skip
+    assert revoked.returncode == 1, revoked.stderr
+    assert json.loads(revoked.stdout)["totals"]["failed"] == 1
+    again = cli("local", "ingest", str(docs), "--json", "--quiet", "--vectors", "hashed",
+                home=home)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    totals = json.loads(again.stdout)["totals"]
+    assert (totals["files"], totals["unchanged"], totals["succeeded"]) == (1, 0, 1)
+    assert totals["vectors_written"] == totals["chunks"] > 0

@@ -115,11 +115,11 @@ def test_a_bad_file_and_a_prefix_over_budget_are_reported_and_the_rest_is_embedd
     assert result.output["documents"] == 2
     # The ledger names the documents left out and points at every document's result and cost.
     record = ledger(result.output)
-    assert int(record["rejected_count"]) == 2
-    assert sorted(r.split(":")[0] for r in record["rejected"]) == sorted(
+    assert int(record.rejected_count) == 2
+    assert sorted(r.split(":")[0] for r in record.rejected) == sorted(
         [f"mixed-{salt}/empty.txt", f"{capped}big.rst.txt"]
     )
-    bucket, _, key = str(record["results"]).removeprefix("s3://").partition("/")
+    bucket, _, key = str(record.results).removeprefix("s3://").partition("/")
     lines = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().splitlines()
     per_document = [json.loads(line) for line in lines]
     assert {d["key"] for d in per_document} == {k for k, _ in files}
@@ -153,7 +153,11 @@ def test_a_failed_batch_after_urgent_documents_commits_what_the_sync_part_billed
     monkeypatch.setenv("SYNC_FALLBACK", "false")
     emulator.update_config(batch_outcome="failed")
     day = budget.utc_day()
-    before = budget.get_counter(os.environ["USAGE_TABLE"], day, f"model:{MODEL}")
+    before = (
+        budget.budget_store(os.environ["JOBS_TABLE"], os.environ["USAGE_TABLE"])
+        .counter(day, f"model:{MODEL}")
+        .model_dump()
+    )
     billed_before = emulator.stats()
     files = [
         (f"urgent-{salt}/now.rst.txt", fresh("whatnow.rst.txt", salt)),
@@ -166,11 +170,15 @@ def test_a_failed_batch_after_urgent_documents_commits_what_the_sync_part_billed
     sync_billed = billed["sync_billed_tokens"] - billed_before["sync_billed_tokens"]
     batch_billed = billed["batch_billed_tokens"] - billed_before["batch_billed_tokens"]
     assert sync_billed > 0
-    after = budget.get_counter(os.environ["USAGE_TABLE"], day, f"model:{MODEL}")
+    after = (
+        budget.budget_store(os.environ["JOBS_TABLE"], os.environ["USAGE_TABLE"])
+        .counter(day, f"model:{MODEL}")
+        .model_dump()
+    )
     committed = after["committed_tokens"] - before["committed_tokens"]
     assert committed == sync_billed + batch_billed
     assert after["reserved_tokens"] == before["reserved_tokens"]  # nothing left reserved
     job_id = result.execution_arn.rsplit(":", 1)[-1]
     record = ledger({"day": day, "job_id": job_id})
-    assert int(record["tokens"]) == committed
-    assert record["status"] == "FAILED"
+    assert int(record.tokens) == committed
+    assert record.status == "FAILED"

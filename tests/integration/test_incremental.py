@@ -209,8 +209,8 @@ def test_urgent_documents_go_synchronous_and_everything_else_through_a_batch(
     assert out["api"] == "sync" and out["batches"] == 0 and out["billed_tokens"] > 0
     assert out["cost_usd"] == out["standard_cost_usd"] == usd(out["billed_tokens"], PRICE.standard)
     record = ledger(out)
-    assert record["api"] == "sync" and float(record["price_per_million_usd"]) == 0.02
-    assert float(record["cost_usd"]) == out["cost_usd"]
+    assert record.api == "sync" and float(record.price_per_million_usd) == 0.02
+    assert float(record.cost_usd) == out["cost_usd"]
     assert emulator.stats()["batches_created"] == batches
 
     # A small document that is not urgent goes through the Batch API (half price) anyway.
@@ -272,8 +272,8 @@ def test_a_group_mixing_urgent_and_normal_documents_pays_standard_only_for_the_u
     assert out["standard_cost_usd"] == usd(sync_tokens + batch_tokens, PRICE.standard)
     assert out["total_cost_usd"] == pytest.approx(out["cost_usd"] + out["aws_cost_usd"])
     record = ledger(out)
-    assert record["api"] == "sync+batch" and int(record["tokens"]) == out["billed_tokens"]
-    assert float(record["cost_usd"]) == float(expected)
+    assert record.api == "sync+batch" and int(record.tokens) == out["billed_tokens"]
+    assert float(record.cost_usd) == float(expected)
     for key in (urgent_key, normal_key):
         assert len(stored(db, key)) == result.document(key)["chunks"] > 0
 

@@ -43,7 +43,11 @@ def rows(db: psycopg.Connection[tuple[Any, ...]], key: str) -> list[tuple[Any, .
 
 
 def counter(stack: Any) -> dict[str, int]:
-    return budget.get_counter(os.environ["USAGE_TABLE"], budget.utc_day(), f"model:{MODEL}")
+    return (
+        budget.budget_store(os.environ["JOBS_TABLE"], os.environ["USAGE_TABLE"])
+        .counter(budget.utc_day(), f"model:{MODEL}")
+        .model_dump()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,20 +103,20 @@ def test_cost_record_and_dynamodb_counters(stack: Any, ingested: list[Any]) -> N
     for result in ingested:
         out = result.output
         record = ledger(out)
-        tokens = int(record["tokens"])
+        tokens = int(record.tokens)
         assert tokens == out["billed_tokens"] > 0
-        assert record["api"] == "batch" and float(record["price_per_million_usd"]) == 0.01
-        assert int(record["documents"]) == out["documents"] and int(record["batches"]) == 1
+        assert record.api == "batch" and float(record.price_per_million_usd) == 0.01
+        assert int(record.documents) == out["documents"] and int(record.batches) == 1
         # OpenAI at the batch price, exactly; the standard price and what was saved.
-        assert float(record["cost_usd"]) == out["cost_usd"] == usd(tokens, PRICE.batch)
-        assert float(record["standard_cost_usd"]) == usd(tokens, PRICE.standard)
-        assert float(record["saved_usd"]) == pytest.approx(
+        assert float(record.cost_usd) == out["cost_usd"] == usd(tokens, PRICE.batch)
+        assert float(record.standard_cost_usd) == usd(tokens, PRICE.standard)
+        assert float(record.saved_usd) == pytest.approx(
             usd(tokens, PRICE.standard) - usd(tokens, PRICE.batch), abs=1e-9
         )
         # AWS is counted too, and the total is their sum.
-        assert out["aws_cost_usd"] > 0 and float(record["aws_cost_usd"]) == out["aws_cost_usd"]
+        assert out["aws_cost_usd"] > 0 and float(record.aws_cost_usd) == out["aws_cost_usd"]
         assert out["total_cost_usd"] == pytest.approx(out["cost_usd"] + out["aws_cost_usd"])
-        assert float(record["total_cost_usd"]) == out["total_cost_usd"]
+        assert float(record.total_cost_usd) == out["total_cost_usd"]
         job = (
             boto3.resource("dynamodb")
             .Table(os.environ["JOBS_TABLE"])

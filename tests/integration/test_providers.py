@@ -71,7 +71,11 @@ def azure(azure_stack: Any) -> openai.AzureOpenAI:
 
 
 def committed(model: str = MODEL) -> int:
-    counter = budget.get_counter(os.environ["USAGE_TABLE"], budget.utc_day(), f"model:{model}")
+    counter = (
+        budget.budget_store(os.environ["JOBS_TABLE"], os.environ["USAGE_TABLE"])
+        .counter(budget.utc_day(), f"model:{model}")
+        .model_dump()
+    )
     return int(counter["committed_tokens"])
 
 
@@ -118,10 +122,10 @@ def test_azure_synchronous_path_sends_the_deployment_and_bills_once(
     # Tokens: billed by the emulator == committed to the budget == the ledger's.
     billed = after["sync_billed_tokens"] - before["sync_billed_tokens"]
     record = ledger(out)
-    assert billed == int(record["tokens"]) == committed() - committed_before > 0
-    assert record["api"] == "sync"
-    assert float(record["price_per_million_usd"]) == float(PRICE.standard)
-    assert float(record["cost_usd"]) == out["cost_usd"] == usd(billed, PRICE.standard)
+    assert billed == int(record.tokens) == committed() - committed_before > 0
+    assert record.api == "sync"
+    assert float(record.price_per_million_usd) == float(PRICE.standard)
+    assert float(record.cost_usd) == out["cost_usd"] == usd(billed, PRICE.standard)
 
     # `batch-embedder search --stack-name` asks as the functions do: the deployment.
     from batch_embedder_local import ops
@@ -161,10 +165,10 @@ def test_azure_batch_path_names_the_deployment_in_every_line(
 
     billed = after["batch_billed_tokens"] - before["batch_billed_tokens"]
     record = ledger(out)
-    assert billed == out["billed_tokens"] == int(record["tokens"]) > 0
+    assert billed == out["billed_tokens"] == int(record.tokens) > 0
     assert committed() - committed_before == billed
-    assert record["api"] == "batch"
-    assert float(record["cost_usd"]) == out["cost_usd"] == usd(billed, PRICE.batch)
+    assert record.api == "batch"
+    assert float(record.cost_usd) == out["cost_usd"] == usd(billed, PRICE.batch)
 
 
 def test_a_compatible_server_gets_every_document_synchronously(
@@ -193,7 +197,7 @@ def test_a_compatible_server_gets_every_document_synchronously(
         [result] = [r for r in results if key in r.keys]
         assert len(rows) == result.document(key)["chunks"] > 0
         assert {(r[1], r[3]) for r in rows} == {(MODEL, 1536)}
-    tokens = sum(int(ledger(o)["tokens"]) for o in outs)
+    tokens = sum(int(ledger(o).tokens) for o in outs)
     assert billed == tokens == committed() - committed_before > 0
     # Your own server: no provider bill (no PRICE_OVERRIDES).
-    assert all(o["cost_usd"] == 0 and float(ledger(o)["cost_usd"]) == 0 for o in outs)
+    assert all(o["cost_usd"] == 0 and float(ledger(o).cost_usd) == 0 for o in outs)

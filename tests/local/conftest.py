@@ -16,7 +16,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """moto's in-process AWS, with test credentials and none of the stack's names set."""
     from moto import mock_aws
 
-    from batch_embedder.aws import clients, dynamodb
+    from batch_embedder_local.moto_tables import forget_clients
 
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "USAGE_TABLE", "JOBS_TABLE", "PRICE_OVERRIDES"):
         monkeypatch.delenv(name, raising=False)
@@ -24,11 +24,9 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with mock_aws():
-        dynamodb.reset()
-        clients.reset()
+        forget_clients()
         yield
-    dynamodb.reset()
-    clients.reset()
+    forget_clients()
 
 
 @pytest.fixture(scope="module")

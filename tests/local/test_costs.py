@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
-from batch_embedder.aws import jobs
+from batch_embedder.aws.ledger import ledger_key, ledger_store
 from batch_embedder.openai import pricing
 from batch_embedder.records import LedgerRecord
 from batch_embedder_local import cost_report, costs
@@ -93,10 +93,16 @@ def _figures(row: cost_report.CostRow) -> tuple[Any, ...]:
     )
 
 
+def _put_item(table: str, day: str, job_id: str, item: dict[str, Any]) -> None:
+    """A raw ledger item, as an older (or broken) writer left it."""
+    values = {k: D(str(v)) if isinstance(v, float) else v for k, v in item.items()}
+    boto3.resource("dynamodb").Table(table).put_item(Item={**values, **ledger_key(day, job_id)})
+
+
 def _write_ledger(table: str) -> None:
     for rec in RECORDS:
-        jobs.put_ledger_record(table, rec.day, rec.job_id, rec.model_dump())
-    jobs.put_ledger_record(table, "2025-03-01", "a2", LEGACY)
+        ledger_store(table).put(rec)
+    _put_item(table, "2025-03-01", "a2", LEGACY)
 
 
 @pytest.fixture()
@@ -126,15 +132,17 @@ def test_the_hand_figures_match_the_price_table() -> None:
 
 
 def test_items_are_read_through_ledger_record(table: str) -> None:
-    items = costs.load_records(table, date(2025, 3, 1), date(2025, 3, 3))
-    assert [i["sk"] for i in items] == ["a1", "a2", "b1", "b2", "c1"]
-    assert isinstance(items[0]["cost_usd"], Decimal)
-    parsed = [cost_report.parse_record(i) for i in items]
+    raw = boto3.resource("dynamodb").Table(table).get_item(Key=ledger_key("2025-03-01", "a1"))
+    assert isinstance(raw["Item"]["cost_usd"], Decimal)  # stored as DynamoDB numbers
+    parsed = costs.load_records(table, date(2025, 3, 1), date(2025, 3, 3))
+    assert [r.job_id for r in parsed] == ["a1", "a2", "b1", "b2", "c1"]
     assert parsed[0] == RECORDS[0]  # Decimals back to the floats written
+    assert ledger_store(table).get("2025-03-01", "a1") == RECORDS[0]
+    assert ledger_store(table).get("2025-03-01", "nobody") is None
     legacy = parsed[1]
     assert (legacy.api, legacy.prefix, legacy.aws_cost_usd, legacy.documents) == ("batch", "", 0, 0)
     with pytest.raises(ValueError, match="ledger record ledger#2025-03-01/x is malformed"):
-        cost_report.parse_record({"pk": "ledger#2025-03-01", "sk": "x", "tokens": D(-1)})
+        LedgerRecord.from_item({"pk": "ledger#2025-03-01", "sk": "x", "tokens": D(-1)})
 
 
 @pytest.mark.parametrize(
@@ -293,7 +301,7 @@ def test_main_reports_usage_errors(table: str, capsys: pytest.CaptureFixture[str
     assert costs.main(_args(table=table, json=True, markdown="-")) == 2
     assert costs.main(_args(table="no-such-table", until="2025-03-01")) == 2
     assert "ResourceNotFound" in capsys.readouterr().err
-    jobs.put_ledger_record(table, "2025-03-04", "bad", {"job_id": "bad", "model": SMALL})
+    _put_item(table, "2025-03-04", "bad", {"job_id": "bad", "model": SMALL})
     assert costs.main(_args(table=table, since="2025-03-04", until="2025-03-04")) == 2
     assert "ledger record ledger#2025-03-04/bad is malformed" in capsys.readouterr().err
 

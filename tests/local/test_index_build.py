@@ -1,13 +1,17 @@
 """The HNSW index around loads (db/index.py), on the real embedded Postgres.
 
 A large load goes around the index and rebuilds it; a small one inserts into it; a build
-that died is redone; filtered searches return ``k`` rows even when the filter is selective.
+that died is redone; loads in flight together get one build, by the last one out, and a
+large load takes over a build in progress; filtered searches return ``k`` rows even when the
+filter is selective.
 Each test writes its own model name, so they share the database without seeing each other.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -159,3 +163,89 @@ def test_a_selective_prefix_still_returns_k_rows(conn: Conn, model: str) -> None
         exact = search(conn, query, model=model, dimensions=DIMS, k=5, prefix="rare/")
     assert len(exact) == 5
     assert [(h.key, h.chunk_index) for h in hits] == [(h.key, h.chunk_index) for h in exact]
+
+
+def writer_for(conn: Conn, model: str, n: int, *, doc: str, seed: int) -> tuple[ChunkWriter, Any]:
+    """A writer of ``n`` chunks, entered but not merged: call ``finish`` to merge and commit."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, DIMS), dtype=np.float32)
+    texts = [f"{doc} chunk {i} seed {seed}" for i in range(n)]
+    shas = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
+    keys = [f"{doc}/{i // 100}" for i in range(n)]
+    writer = ChunkWriter(
+        conn, bucket="b", lock_keys=sorted(set(keys)), job_id=f"job-{doc}", model=model,
+        dimensions=DIMS,
+    )  # fmt: skip
+    writer.__enter__()
+
+    def stage_and_merge() -> None:
+        writer.copy_chunks(
+            ChunkRow(seq=i, source_key=keys[i], chunk_index=i % 100, text=texts[i],
+                     token_count=3, sha256=shas[i], char_start=0, char_end=len(texts[i]))
+            for i in range(n)
+        )  # fmt: skip
+        writer.copy_vectors(zip(shas, vectors, strict=True))
+        written, _, _ = writer.merge()
+        assert written == n
+
+    return writer, stage_and_merge
+
+
+def test_one_build_for_loads_in_flight_together(conn: Conn, model: str, database_url: str) -> None:
+    """Two loads of one model overlap: the first out builds nothing, the last builds once."""
+    with connect(database_url) as other:
+        late, merge_late = writer_for(other, model, 300, doc="late", seed=10)
+        merge_late()  # written without an index (there is none): a load in flight
+        load(conn, model, 200, doc="early", seed=11)  # commits while the other is open
+        assert not index_state(conn, model, DIMS).exists  # left to the load in flight
+        # Meanwhile searches scan exactly and see the committed rows.
+        query = np.random.default_rng(12).standard_normal(DIMS).astype(np.float32)
+        assert len(search(conn, query, model=model, dimensions=DIMS, k=5)) == 5
+        late.__exit__(None, None, None)  # the last load out builds, over every row
+    state = index_state(conn, model, DIMS)
+    assert state.exists and state.valid and state.rows == 500
+
+
+def test_a_large_load_takes_over_a_build_in_progress(
+    conn: Conn, model: str, database_url: str
+) -> None:
+    """An earlier group's concurrent build is cancelled by a larger load, which builds once."""
+    load(conn, model, 100, doc="base", seed=13)
+    conn.execute(
+        psycopg.sql.SQL("DROP INDEX batch_embedder.{}").format(
+            psycopg.sql.Identifier(index_name(model, DIMS))
+        )
+    )
+    with (
+        connect(database_url) as big_conn,
+        psycopg.connect(database_url, autocommit=True) as builder_conn,
+    ):
+        big, merge_big = writer_for(big_conn, model, REBUILD_MIN_ROWS + 200, doc="big", seed=14)
+        # The big load's transaction has written to the table: a concurrent build started
+        # now waits for it after creating its (invalid) catalog entry.
+        big_conn.execute("LOCK TABLE batch_embedder.chunks IN ROW EXCLUSIVE MODE")
+        outcome: list[object] = []
+        build = threading.Thread(
+            target=lambda: outcome.append(ensure_index(builder_conn, model, DIMS))
+        )
+        build.start()
+        deadline = time.monotonic() + 30
+        while not building(conn, model):
+            assert time.monotonic() < deadline, "the concurrent build did not start"
+            time.sleep(0.05)
+        merge_big()  # goes around the invalid index: cancels its build and drops it
+        assert big.rebuilt
+        build.join(timeout=30)
+        assert outcome == [True]  # the cancelled builder returned quietly
+        big.__exit__(None, None, None)
+    state = index_state(conn, model, DIMS)
+    assert state.exists and state.valid and state.rows == REBUILD_MIN_ROWS + 300
+
+
+def building(conn: Conn, model: str) -> bool:
+    """Whether a CREATE INDEX of the model's index is running."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_progress_create_index WHERE index_relid = to_regclass(%s)",
+        (f"batch_embedder.{index_name(model, DIMS)}",),
+    ).fetchone()
+    return bool(row and row[0])

@@ -17,6 +17,7 @@ from batch_embedder import aws_pricing
 from batch_embedder.aws import clients, dynamodb, metering
 from batch_embedder.aws.metering import AwsUsage, meter, propagate, transitions_from_history
 from batch_embedder.aws_pricing import AwsPrices
+from batch_embedder_local.moto_tables import forget_clients
 
 BUCKET = "metering-bucket"
 TABLE = "metering-table"
@@ -31,8 +32,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    clients.reset()
-    dynamodb.reset()
+    forget_clients()
     with mock_aws():
         # Set-up outside any meter: none of it may be counted.
         clients.client("s3").create_bucket(Bucket=BUCKET)
@@ -43,8 +43,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             BillingMode="PAY_PER_REQUEST",
         )
         yield
-    clients.reset()
-    dynamodb.reset()
+    forget_clients()
 
 
 @pytest.fixture()

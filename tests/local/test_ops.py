@@ -8,14 +8,15 @@ from typing import Any
 
 import pytest
 
+from batch_embedder.records import LedgerRecord
 from batch_embedder_local import ops
 from batch_embedder_local.cost_report import advise, render_advice
 
 SMALL, LARGE = "text-embedding-3-small", "text-embedding-3-large"
 
 
-def item(job_id: str, **kw: Any) -> dict[str, Any]:
-    """A ledger item as DynamoDB returns it (numbers as Decimal)."""
+def item(job_id: str, **kw: Any) -> LedgerRecord:
+    """A ledger record read from an item as DynamoDB returns it (numbers as Decimal)."""
     base: dict[str, Any] = {
         "pk": "ledger#2025-03-01",
         "sk": job_id,
@@ -28,7 +29,9 @@ def item(job_id: str, **kw: Any) -> dict[str, Any]:
         "documents": 1,
         "tokens": 1000,
     }
-    return {k: Decimal(str(v)) if isinstance(v, float) else v for k, v in {**base, **kw}.items()}
+    return LedgerRecord.from_item(
+        {k: Decimal(str(v)) if isinstance(v, float) else v for k, v in {**base, **kw}.items()}
+    )
 
 
 LEDGER = [
@@ -95,7 +98,7 @@ def test_empty_ledger_and_rendering() -> None:
 
 def test_malformed_record_is_refused() -> None:
     with pytest.raises(ValueError, match="malformed"):
-        advise([{"pk": "ledger#2025-03-01", "sk": "x"}])
+        LedgerRecord.from_item({"pk": "ledger#2025-03-01", "sk": "x"})
 
 
 def test_execution_arn_and_retry_names() -> None:

@@ -418,3 +418,26 @@ def test_a_utf8_bom_then_invalid_utf8_names_the_byte_offset() -> None:
 @pytest.mark.parametrize("data", [b"   \n\n\t  ", b"\r\n\r\n"])
 def test_whitespace_only(data: bytes) -> None:
     assert "contains no text to embed" in _error("a.txt", data).reason
+
+
+def test_nfc_by_blocks_equals_nfc_of_the_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """normalize._nfc cuts before line feeds and normalises only the blocks that need it:
+    the result is NFC of the whole text, whatever falls at a block's edge."""
+    monkeypatch.setattr(normalize, "_NFC_BLOCK", 7)  # many edges in short texts
+    pieces = [
+        "e\u0301",
+        "\u0301",
+        "\n",
+        "\n\u0301",
+        "a",
+        "\u1100\u1161",
+        "\u212b",
+        " ",
+        "o\u0308\u0304",
+    ]
+    rng = random.Random(10)
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+        assert normalize._nfc(text) == unicodedata.normalize("NFC", text), repr(text)
+    assert normalize._has_surrogates("a\ud800b") and not normalize._has_surrogates("é")
+    assert normalize_text("a\ud800\x00b e\u0301") == "ab \u00e9"

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter
 
 from batch_embedder import failure_models, models, service_models
 from batch_embedder_local.events import ALL_FILES, ENV_FILE, SCHEDULES
@@ -83,10 +84,13 @@ def test_env_json_defines_every_name_the_events_use() -> None:
         if res["Type"] == "AWS::Serverless::Function"
     }
     assert set(env) == functions  # every function, keyed by logical id
-    declared = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
-    resources = [v for v in declared if v.endswith(("_BUCKET", "_TABLE", "_SECRET_ID"))]
-    assert resources
+    shared = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
     for logical, values in env.items():
+        own = TEMPLATE["Resources"][logical]["Properties"].get("Environment", {})
+        declared = {**shared, **own.get("Variables", {})}
+        # exactly its own variables, and the bucket the events name
+        assert set(values) - {"DOCUMENTS_BUCKET"} == set(declared), logical
+        resources = [v for v in declared if v.endswith(("_BUCKET", "_TABLE", "_SECRET_ID"))]
         assert all(isinstance(v, str) for v in values.values()), logical
         missing = [v for v in resources if not values.get(v)]
         assert not missing, f"{logical}: no {missing} in env.json (make events)"
@@ -110,9 +114,11 @@ def test_workflow_inputs_are_what_the_pipe_makes() -> None:
     for event, kind_ in ((created, "Object Created"), (deleted, "Object Deleted")):
         assert event["source"] == "aws.s3" and event["detail-type"] == kind_
     assert to_upload(created) == group[0]
-    assert models.Upload.model_validate(to_upload(created)) == request.uploads[0]
-    gone = models.Upload.model_validate(to_upload(deleted))
-    assert gone.event == "Object Deleted"
+    upload = TypeAdapter(models.UploadEvent)
+    assert upload.validate_python(to_upload(created)) == request.uploads[0]
+    assert isinstance(request.uploads[0], models.ObjectCreated)
+    gone = upload.validate_python(to_upload(deleted))
+    assert isinstance(gone, models.ObjectDeleted) and gone.event == "Object Deleted"
     assert load("delete_documents.json")["deletes"] == [gone.key]
     urgent = [u for u in group if u["key"].startswith("urgent/")]
     empty = [u for u in group if u["size"] in ("0", 0)]
@@ -132,6 +138,21 @@ def test_record_failure_event_is_an_invalid_document() -> None:
     failure = failure_models.FailureInput.model_validate(load("record_failure.json"))
     assert failure.error is not None and failure.error.error == "InvalidDocumentError"
     assert "docs/empty.txt" in failure.error.cause
+    # ChunkAndEstimate's input had the uploads themselves: a list, tagged "list".
+    assert isinstance(failure.uploads, failure_models.UploadList)
+    assert (failure.uploads.count, failure.uploads.keys) == (1, ["docs/empty.txt"])
+
+
+def test_failure_input_takes_the_uploads_or_their_count() -> None:
+    # Every state after ChunkAndEstimate carries the count; the JSON stays what it was.
+    job = load("record_cost.json")
+    failure = failure_models.FailureInput.model_validate(job)
+    assert isinstance(failure.uploads, failure_models.UploadCount)
+    assert (failure.uploads.count, failure.uploads.keys) == (job["uploads"], [])
+    assert failure.model_dump(mode="json")["uploads"] == job["uploads"]
+    assert failure_models.FailureInput.model_validate({"job_id": "j"}).uploads.count == 0
+    with pytest.raises(ValueError, match="uploads"):
+        failure_models.FailureInput.model_validate({"job_id": "j", "uploads": -1})
 
 
 def test_delete_only_group_is_a_valid_record_cost_input() -> None:

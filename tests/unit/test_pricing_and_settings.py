@@ -52,3 +52,47 @@ def test_bad_settings_name_the_variable(
         monkeypatch.setenv(k, v)
     with pytest.raises(ValidationError, match=message):
         Settings()
+
+
+def test_scoped_settings_refuse_a_field_outside_the_functions_mixins() -> None:
+    from batch_embedder.settings import (
+        EmbeddingSettings,
+        StorageSettings,
+        UndeclaredSettingError,
+        scoped,
+    )
+
+    full = Settings(chunk_tokens=256, chunk_overlap_tokens=32, jobs_table="jobs")
+    view = scoped(full, (EmbeddingSettings, StorageSettings))
+    assert isinstance(view, Settings)
+    assert (view.jobs_table, view.dimensions) == ("jobs", 1536)  # declared: read as usual
+    with pytest.raises(UndeclaredSettingError, match="CHUNK_TOKENS"):
+        _ = view.chunk_tokens  # another mixin's field: refused, not the default
+    with pytest.raises(UndeclaredSettingError, match="SYNC_PREFIXES"):
+        view.urgent_prefixes()  # a method reading one is refused too
+    assert view.model_dump()["chunk_tokens"] == 256  # the values are all there
+
+
+def test_a_step_reading_an_undeclared_setting_fails_through_its_handler() -> None:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+    from pydantic import BaseModel
+
+    from batch_embedder.handler import step_handler
+    from batch_embedder.service_models import ScheduledEvent
+    from batch_embedder.settings import StorageSettings, UndeclaredSettingError
+
+    class Out(BaseModel):
+        value: str
+
+    def step(event: ScheduledEvent, settings: Settings) -> Out:
+        return Out(value=str(settings.embed_rounds))
+
+    handler = step_handler(ScheduledEvent, settings=(StorageSettings,))(step)
+    assert handler.settings_mixins == (StorageSettings,)  # type: ignore[attr-defined]
+    context = LambdaContext()
+    context._memory_limit_in_mb = 128  # type: ignore[attr-defined]
+    context._function_name = "f"  # type: ignore[attr-defined]
+    context._aws_request_id = "r"  # type: ignore[attr-defined]
+    context._invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:f"  # type: ignore[attr-defined]
+    with pytest.raises(UndeclaredSettingError, match="EMBED_ROUNDS"):
+        handler({"id": "e", "time": "2026-12-03T00:00:00Z", "source": "test"}, context)

@@ -10,8 +10,10 @@ import pytest
 from batch_embedder.openai import pricing
 from batch_embedder.openai.client import (
     AZURE_BATCH_ENDPOINT,
+    LOCAL_PROVIDER_KEY,
     OPENAI_BATCH_ENDPOINT,
     batch_endpoint,
+    check_provider,
     get_client,
     request_dimensions_for,
     request_model,
@@ -127,3 +129,27 @@ def test_every_price_table_entry_has_batch_at_half_or_zero() -> None:
     for table in (pricing.PRICES, pricing.AZURE_PRICES):
         for model, price in table.items():
             assert price.batch * 2 == price.standard, model
+
+
+def test_the_local_provider_goes_all_synchronous_free_and_checks_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    local = settings(embedding_provider="local", embedding_model="local-minilm")
+    assert sync_only(local)
+    assert local.dimensions == 384
+    monkeypatch.delenv("PRICE_OVERRIDES", raising=False)
+    monkeypatch.setenv("EMBEDDING_PROVIDER", "local")
+    assert pricing.current_provider() == "local"
+    assert pricing.price_for("local-minilm") == pricing.FREE
+    assert pricing.TABLES["local"] == {"local-minilm": pricing.FREE}
+    with pytest.raises(KeyError):
+        pricing.price_for(MODEL)  # the local provider runs one model
+    # No key, no endpoint: the check is a no-op (it would raise without a key otherwise),
+    # and the client the batch-side code may ask for needs no secret.
+    check_provider(Settings(embedding_provider="local", embedding_model="local-minilm"),
+                   "local-minilm", "doc.txt")  # fmt: skip
+    client = get_client(Settings(embedding_provider="local", embedding_model="local-minilm"))
+    assert client.api_key == LOCAL_PROVIDER_KEY
+    # Elsewhere the fallback's model is priced 0 too: its ledger record costs nothing.
+    monkeypatch.setenv("EMBEDDING_PROVIDER", "azure")
+    assert pricing.price_for("local-minilm") == pricing.FREE

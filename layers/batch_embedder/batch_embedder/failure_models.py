@@ -3,11 +3,19 @@ state it picks (see ``steps/failure.py`` and the ASL's ``FailureKind`` Choice)."
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Discriminator, Field, RootModel, Tag, field_validator
 
-from .models import BatchesOutcome, BatchFile, BatchRef, Contract, Metered, SyncOutput, Upload
+from .models import (
+    BatchesOutcome,
+    BatchFile,
+    BatchRef,
+    Contract,
+    Metered,
+    SyncOutput,
+    UploadEvent,
+)
 
 
 class CaughtError(Contract):
@@ -19,6 +27,53 @@ class CaughtError(Contract):
     cause: str = Field(default="", alias="Cause")
 
 
+class UploadList(RootModel[list[UploadEvent]]):
+    """The group's uploads, when the failed state had them (ChunkAndEstimate's input)."""
+
+    @property
+    def count(self) -> int:
+        """S3 events in the group."""
+        return len(self.root)
+
+    @property
+    def keys(self) -> list[str]:
+        """Their object keys."""
+        return [u.key for u in self.root]
+
+
+class UploadCount(RootModel[int]):
+    """How many uploads the group had, when the failed state only counted them (a
+    ``ChunkedJob`` and every state after it); ``null`` reads as 0."""
+
+    root: int = Field(ge=0)
+
+    @field_validator("root", mode="before")
+    @classmethod
+    def _none_is_zero(cls, value: object) -> object:
+        return 0 if value is None else value
+
+    @property
+    def count(self) -> int:
+        """S3 events in the group."""
+        return self.root
+
+    @property
+    def keys(self) -> list[str]:
+        """No keys are known (the state's ``source`` names them)."""
+        return []
+
+
+def _uploads_kind(value: object) -> str:
+    return "list" if isinstance(value, list | UploadList) else "count"
+
+
+#: ``uploads`` as the failed state had it: a list of uploads or their count.
+FailedUploads = Annotated[
+    Annotated[UploadList, Tag("list")] | Annotated[UploadCount, Tag("count")],
+    Discriminator(_uploads_kind),
+]
+
+
 class FailureInput(Metered):
     """Input of RecordFailure: whatever the failed state had, plus the caught error.
 
@@ -27,7 +82,7 @@ class FailureInput(Metered):
     """
 
     job_id: str
-    uploads: list[Upload] | int | None = None
+    uploads: FailedUploads = Field(default_factory=lambda: UploadCount(0))
     source: str | None = None
     model: str | None = None
     batch_files: list[BatchFile] | None = None

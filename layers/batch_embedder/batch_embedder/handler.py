@@ -1,8 +1,10 @@
 """One handler shape for every Lambda: ``functions/<step>/app.py`` is a few lines.
 
-``step_handler(Model)(step)`` gives a Lambda handler that injects the Lambda context into
-the logs, traces, parses the event into ``Model`` (a pydantic error names the field),
-reads the settings, calls ``step(event, settings)`` inside an AWS usage meter, and returns
+``step_handler(Model, settings=(mixins...))(step)`` gives a Lambda handler that injects the
+Lambda context into the logs, traces, parses the event into ``Model`` (a pydantic error
+names the field), reads the settings scoped to the function's mixins
+(:func:`batch_embedder.settings.scoped`), calls ``step(event, settings)`` inside an AWS
+usage meter, and returns
 the pydantic result as JSON. A result that carries the execution's AWS usage
 (:class:`~batch_embedder.models.Metered`) gains this invocation's: one Lambda request,
 its GB-seconds (configured memory x measured duration) and every AWS request it made.
@@ -22,7 +24,7 @@ from pydantic import BaseModel
 from .aws import metering
 from .errors import DatabaseUnavailableError
 from .models import Metered
-from .settings import Settings, get_settings
+from .settings import Mixins, Settings, get_settings, scoped
 
 logger = Logger()
 tracer = Tracer()
@@ -31,8 +33,14 @@ M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
 
 
-def step_handler(model: type[M]) -> Callable[[Callable[[M, Settings], BaseModel]], Handler]:
-    """Make ``step(event: model, settings) -> BaseModel`` a Lambda handler.
+def step_handler(
+    model: type[M], *, settings: Mixins
+) -> Callable[[Callable[[M, Settings], BaseModel]], Handler]:
+    """Make ``step(event: model, settings) -> BaseModel`` a Lambda handler of a function
+    whose environment holds the variables of the settings mixins ``settings``.
+
+    The handler keeps the mixins as ``handler.settings_mixins`` (the template test reads
+    them).
 
     Raises:
         pydantic.ValidationError: the event does not fit ``model``.
@@ -47,7 +55,7 @@ def step_handler(model: type[M]) -> Callable[[Callable[[M, Settings], BaseModel]
         def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             with metering.invocation(memory_mb=int(context.memory_limit_in_mb)):
                 try:
-                    result = step(model.model_validate(event), get_settings())
+                    result = step(model.model_validate(event), scoped(get_settings(), settings))
                 except psycopg.OperationalError as exc:
                     # One name for the whole class (AdminShutdown, ConnectionFailure, ...):
                     # a Retry matches the error name, not its base classes.
@@ -56,6 +64,7 @@ def step_handler(model: type[M]) -> Callable[[Callable[[M, Settings], BaseModel]
                     result = result.model_copy(update={"aws": result.aws + metering.snapshot()})
             return result.model_dump(mode="json", exclude_none=True)
 
+        handler.settings_mixins = settings  # type: ignore[attr-defined]
         return handler
 
     return wrap

@@ -2,7 +2,7 @@
 
 One execution embeds one **group** of uploads: the EventBridge Pipe (or the local stack,
 which groups the same way) collects the S3 events of a window and starts one execution
-with the list of :class:`Upload` records. Each Lambda parses its input into one of these
+with the list of :data:`UploadEvent` records. Each Lambda parses its input into one of these
 and returns the next. They grow by inheritance, so every state's output is the next
 state's input and the state payload stays small: chunks, request lines and per-document
 outcomes live in S3 (Step Functions caps a payload at 256 KB,
@@ -18,9 +18,10 @@ failure -> RecordFailure (``failure_models.FailureInput``) -> ``FailureOutcome``
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from .aws.metering import AwsUsage
 
@@ -62,13 +63,10 @@ class S3Location(Contract):
 
 
 class Upload(Contract):
-    """One S3 event of a group, as the pipe's input transformer keeps it (about 250 bytes).
-
-    ``event`` is the EventBridge ``detail-type``; ``sequencer`` orders events of one key
-    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/ev-events.html).
+    """What both kinds of :data:`UploadEvent` share (about 250 bytes); ``sequencer`` orders
+    events of one key (https://docs.aws.amazon.com/AmazonS3/latest/userguide/ev-events.html).
     """
 
-    event: Literal["Object Created", "Object Deleted"] = "Object Created"
     bucket: str
     key: str = Field(min_length=1, description="Object key, decoded (as EventBridge delivers it).")
     version_id: str | None = None
@@ -88,12 +86,44 @@ class Upload(Contract):
         return 0 if value in ("", None) else value
 
 
+CREATED: Final = "Object Created"
+DELETED: Final = "Object Deleted"
+
+
+class ObjectCreated(Upload):
+    """An object was put (or copied, or a multipart upload completed): embed it."""
+
+    event: Literal["Object Created"] = CREATED
+
+
+class ObjectDeleted(Upload):
+    """An object was deleted, or a delete marker put: remove its rows."""
+
+    event: Literal["Object Deleted"]
+
+
+def _event_kind(value: object) -> str:
+    """An upload's tag: its ``event`` (EventBridge ``detail-type``), "Object Created" if none."""
+    if isinstance(value, Mapping):
+        return str(value.get("event", CREATED))
+    return str(getattr(value, "event", CREATED))
+
+
+#: One S3 event of a group as the pipe's input transformer keeps it, tagged by ``event``:
+#: :class:`ObjectCreated` or :class:`ObjectDeleted`
+#: (https://docs.pydantic.dev/latest/concepts/unions/#discriminated-unions).
+UploadEvent = Annotated[
+    Annotated[ObjectCreated, Tag(CREATED)] | Annotated[ObjectDeleted, Tag(DELETED)],
+    Discriminator(_event_kind),
+]
+
+
 class GroupRequest(Contract):
     """Input of ChunkAndEstimate: the group's uploads and the execution's name as job id."""
 
     job_id: str = Field(min_length=1, max_length=80)
     execution_arn: str | None = Field(default=None, description="$$.Execution.Id")
-    uploads: list[Upload] = Field(min_length=1)
+    uploads: list[UploadEvent] = Field(min_length=1)
 
 
 class CostEstimate(Contract):

@@ -6,17 +6,22 @@
 - :class:`BatchOutputLine`: one line of a batch output/error file, or of the synchronous
   path's output (the same shape).
 - :class:`LedgerRecord`: one group's cost (usage table, ``pk = ledger#<day>``).
+- :class:`JobItem`: the job's own item (jobs table, key ``job_id``).
+- :class:`BudgetCounter`: one budget scope's counter for a day (usage table).
 
 Money is USD as floats rounded to 9 decimals; tokens are cl100k_base tokens.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from openai.types.create_embedding_response import Usage
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Json, ValidationError, model_validator
+
+from .models import BatchFile
 
 MONEY_DECIMALS = 9
 
@@ -191,3 +196,98 @@ class LedgerRecord(Record):
         default="", description="s3:// URI of every document's result and cost (JSONL)"
     )
     cause: str = Field(default="", description="why a job the reconciler settled ended")
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> LedgerRecord:
+        """One ledger item as DynamoDB returns it (numbers as ``Decimal``), validated.
+
+        Raises:
+            ValueError: the item is not a valid ledger record (the message names its
+                ``pk/sk``).
+        """
+        try:
+            return cls.model_validate(_plain(item))
+        except ValidationError as exc:
+            where = f"{item.get('pk', '?')}/{item.get('sk', item.get('job_id', '?'))}"
+            raise ValueError(f"ledger record {where} is malformed: {exc}") from exc
+
+
+def _plain(value: Any) -> Any:
+    """A DynamoDB value with its ``Decimal`` numbers as ``int`` (integral) or ``float``."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | set | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+ReservationState = Literal["held", "committed", "released", "swept"]
+
+#: Attribute prefixes of the job item's per-batch and per-round attributes.
+BATCH_ATTR, UPLOADS_ATTR = "batch#", "uploads#"
+
+
+class JobItem(Record):
+    """The job's own item in ``JOBS_TABLE`` (key ``job_id``), as the steps read it.
+
+    Written by ``aws/jobs.py`` (batch claims, uploads per round, the final status) and
+    ``aws/budget.py`` (the reservation). A job with no item reads as ``JobItem(job_id=...)``
+    with every field at its default. Tokens are cl100k_base tokens; times epoch seconds.
+
+    ``batch_claims`` gathers the ``batch#<input_file_id>`` attributes (``"creating"`` or
+    the batch id); ``round_uploads`` the ``uploads#<round>`` ones (a JSON list of
+    :class:`~batch_embedder.models.BatchFile`).
+    """
+
+    job_id: str
+    status: Literal["SUCCEEDED", "FAILED"] | None = None
+    failed_state: str = ""
+    cause: str = ""
+    source_key: str = ""
+    model: str = ""
+    finished_at: int | None = None
+    reservation_state: ReservationState | None = None
+    reserved_tokens: int = Field(default=0, ge=0)
+    reservation_day: str | None = Field(default=None, description="UTC day, YYYY-MM-DD")
+    budget_scopes: list[str] = Field(default_factory=list)
+    scope_tokens: dict[str, int] = Field(default_factory=dict)
+    billed_tokens: int = Field(default=0, ge=0, description="committed so far")
+    batch_claims: dict[str, str] = Field(default_factory=dict)
+    round_uploads: dict[int, Json[list[BatchFile]]] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather(cls, item: Any) -> Any:
+        if not isinstance(item, Mapping):
+            return item
+        out = {k: v for k, v in item.items() if not str(k).startswith((BATCH_ATTR, UPLOADS_ATTR))}
+        out.setdefault("batch_claims", {
+            str(k).removeprefix(BATCH_ATTR): v for k, v in item.items()
+            if str(k).startswith(BATCH_ATTR)
+        })  # fmt: skip
+        out.setdefault("round_uploads", {
+            str(k).removeprefix(UPLOADS_ATTR): v for k, v in item.items()
+            if str(k).startswith(UPLOADS_ATTR)
+        })  # fmt: skip
+        return out
+
+    @property
+    def finished(self) -> bool:
+        """Whether RecordCost or RecordFailure (or the reconciler) ended the job."""
+        return self.status is not None
+
+    @property
+    def uploaded_file_ids(self) -> list[str]:
+        """Every batch input file the job uploaded, over all its rounds."""
+        return [f.file_id for files in self.round_uploads.values() for f in files]
+
+
+class BudgetCounter(Record):
+    """One scope's counter for a UTC day (usage table, ``pk = budget#<scope>``,
+    ``sk = YYYY-MM-DD``), in tokens; 0 where the counter does not exist yet."""
+
+    held_tokens: int = 0
+    reserved_tokens: int = 0
+    committed_tokens: int = 0

@@ -30,9 +30,3 @@ def secrets_provider() -> Any:
     from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
     return SecretsProvider(boto3_client=client("secretsmanager"))
-
-
-def reset() -> None:
-    """Forget cached clients (the local stack calls this when it starts a new mock)."""
-    client.cache_clear()
-    secrets_provider.cache_clear()

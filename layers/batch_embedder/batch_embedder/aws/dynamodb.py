@@ -19,11 +19,6 @@ def ddb() -> Any:
     return instrument(boto3.resource("dynamodb", config=_CONFIG).meta.client)
 
 
-def reset() -> None:
-    """Forget the cached client (used by the local stack)."""
-    ddb.cache_clear()
-
-
 def cancellation_codes(exc: Exception) -> list[str]:
     """The per-item ``Code`` of a ``TransactionCanceledException`` ('None' where it passed)."""
     response: dict[str, Any] = getattr(exc, "response", {})

@@ -1,196 +1,183 @@
-"""The job's item in ``JOBS_TABLE`` (key ``job_id``) and the cost ledger in ``USAGE_TABLE``.
+"""The job's item in ``JOBS_TABLE`` (key ``job_id``), through :class:`JobStore`.
 
 Job item attributes written here: ``batch#<input_file_id>`` = ``"creating"`` while a batch
 is being created, then its batch id (conditional writes make CreateBatch idempotent);
-``status``, ``failed_state``, ``cause`` and the cost fields when the job ends.
+``uploads#<round>``, the round's uploaded batch input files; ``status``, ``failed_state``,
+``cause`` and the cost fields when the job ends. Read back as
+:class:`~batch_embedder.records.JobItem`. (The cost ledger is ``aws/ledger.py``.)
 
-Ledger records: ``pk = "ledger#YYYY-MM-DD"``, ``sk = job_id`` in the usage table, one per
-finished job, read by day.
+A store is bound once to its table and made by a cached factory: ``jobs =
+job_store_for(settings)``.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import time
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
+from pydantic import TypeAdapter
 
+from ..models import BatchFile, JobSummary
+from ..records import BATCH_ATTR, UPLOADS_ATTR, JobItem
 from .dynamodb import ddb
 
 CREATING = "creating"
+_BATCH_FILES = TypeAdapter(list[BatchFile])
 
 
-def _attr(input_file_id: str) -> str:
-    return f"batch#{input_file_id}"
+class HasJobsTable(Protocol):
+    """Anything naming the jobs table (the :class:`~batch_embedder.settings.Settings`)."""
+
+    @property
+    def jobs_table(self) -> str: ...
 
 
-def _attribute(jobs_table: str, job_id: str, name: str) -> str | None:
-    """One attribute of the job's item as a string (a consistent read), or None."""
-    item = (
-        ddb()
-        .get_item(
-            TableName=jobs_table,
-            Key={"job_id": job_id},
-            ConsistentRead=True,
-            ProjectionExpression="#a",
-            ExpressionAttributeNames={"#a": name},
+def dynamo_values(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``fields`` with floats as ``Decimal`` (what DynamoDB stores numbers as)."""
+    return {k: Decimal(str(v)) if isinstance(v, float) else v for k, v in fields.items()}
+
+
+class JobStore:
+    """The job items of one jobs table; bind once with :func:`job_store`."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+
+    def get(self, job_id: str) -> JobItem:
+        """The job's whole item (a consistent read); every field at its default if none."""
+        item = (
+            ddb()
+            .get_item(TableName=self.table, Key={"job_id": job_id}, ConsistentRead=True)
+            .get("Item", {})
         )
-        .get("Item", {})
-    )
-    value = item.get(name)
-    return str(value) if value is not None else None
+        return JobItem.model_validate({**item, "job_id": job_id})
 
+    def _attribute(self, job_id: str, name: str) -> str | None:
+        """One attribute of the job's item as a string (a consistent read), or None."""
+        item = (
+            ddb()
+            .get_item(
+                TableName=self.table,
+                Key={"job_id": job_id},
+                ConsistentRead=True,
+                ProjectionExpression="#a",
+                ExpressionAttributeNames={"#a": name},
+            )
+            .get("Item", {})
+        )
+        value = item.get(name)
+        return str(value) if value is not None else None
 
-def recorded_batch(jobs_table: str, job_id: str, input_file_id: str) -> str | None:
-    """The batch id recorded for this input file, ``"creating"`` if claimed, or None."""
-    return _attribute(jobs_table, job_id, _attr(input_file_id))
+    def recorded_batch(self, job_id: str, input_file_id: str) -> str | None:
+        """The batch id recorded for this input file, ``"creating"`` if claimed, or None."""
+        return self._attribute(job_id, BATCH_ATTR + input_file_id)
 
+    def claim_batch(self, job_id: str, input_file_id: str) -> bool:
+        """Claim the right to create the batch of ``input_file_id``.
 
-def claim_batch(jobs_table: str, job_id: str, input_file_id: str) -> bool:
-    """Claim the right to create the batch of ``input_file_id``.
+        Returns:
+            True if this call claimed it; False if a batch was already claimed or recorded.
+        """
+        try:
+            ddb().update_item(
+                TableName=self.table,
+                Key={"job_id": job_id},
+                UpdateExpression="SET #a = :creating",
+                ConditionExpression="attribute_not_exists(#a)",
+                ExpressionAttributeNames={"#a": BATCH_ATTR + input_file_id},
+                ExpressionAttributeValues={":creating": CREATING},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
 
-    Returns:
-        True if this call claimed it; False if a batch was already claimed or recorded.
-    """
-    try:
+    def record_batch(self, job_id: str, input_file_id: str, batch_id: str) -> None:
+        """Record the created batch id over the claim (only over the claim or the same id)."""
         ddb().update_item(
-            TableName=jobs_table,
+            TableName=self.table,
             Key={"job_id": job_id},
-            UpdateExpression="SET #a = :creating",
-            ConditionExpression="attribute_not_exists(#a)",
-            ExpressionAttributeNames={"#a": _attr(input_file_id)},
-            ExpressionAttributeValues={":creating": CREATING},
+            UpdateExpression="SET #a = :id",
+            ConditionExpression="#a = :creating OR #a = :id",
+            ExpressionAttributeNames={"#a": BATCH_ATTR + input_file_id},
+            ExpressionAttributeValues={":creating": CREATING, ":id": batch_id},
         )
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-            return False
-        raise
-    return True
+
+    def recorded_uploads(self, job_id: str, round_: int) -> list[BatchFile] | None:
+        """The batch input files uploaded for this round, or None: a retried
+        BuildAndUploadJsonl reuses them instead of uploading (and paying storage) again."""
+        recorded = self._attribute(job_id, f"{UPLOADS_ATTR}{round_}")
+        return _BATCH_FILES.validate_json(recorded) if recorded is not None else None
+
+    def record_uploads(self, job_id: str, round_: int, files: list[BatchFile]) -> None:
+        """Remember the round's uploaded batch input files (stored as a JSON string)."""
+        ddb().update_item(
+            TableName=self.table,
+            Key={"job_id": job_id},
+            UpdateExpression="SET #u = :f",
+            ExpressionAttributeNames={"#u": f"{UPLOADS_ATTR}{round_}"},
+            ExpressionAttributeValues={":f": _BATCH_FILES.dump_json(files).decode()},
+        )
+
+    def uploaded_file_ids(self, job_id: str) -> list[str]:
+        """Every batch input file the job uploaded, over all its rounds."""
+        return self.get(job_id).uploaded_file_ids
+
+    def mark_succeeded(self, summary: JobSummary) -> None:
+        """Set ``status = SUCCEEDED`` and the summary's figures (not its lists, not ``aws``)."""
+        fields = summary.model_dump(exclude={"rejected", "results", "aws"})
+        self._finish(summary.job_id, {"status": "SUCCEEDED", **fields})
+
+    def mark_failed(
+        self, job_id: str, *, failed_state: str, cause: str, source_key: str | None = None
+    ) -> None:
+        """Set ``status = FAILED``, the Fail state and its cause (and the source key)."""
+        fields = {"status": "FAILED", "failed_state": failed_state, "cause": cause}
+        if source_key is not None:
+            fields["source_key"] = source_key
+        self._finish(job_id, fields)
+
+    def _finish(self, job_id: str, fields: Mapping[str, Any]) -> None:
+        values = dynamo_values({k: v for k, v in fields.items() if k != "job_id"})
+        values["finished_at"] = int(time.time())
+        names = {f"#f{i}": k for i, k in enumerate(values)}
+        sets = ", ".join(f"#f{i} = :v{i}" for i in range(len(values)))
+        ddb().update_item(
+            TableName=self.table,
+            Key={"job_id": job_id},
+            UpdateExpression=f"SET {sets}",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues={f":v{i}": v for i, v in enumerate(values.values())},
+        )
+
+    def scan_jobs(self) -> list[JobItem]:
+        """Every job's own item that finished or reserved (not batches, webhooks): a
+        paginated table scan, for the local stack's operator commands only."""
+        items: list[JobItem] = []
+        kwargs: dict[str, Any] = {"TableName": self.table}
+        while True:
+            page = ddb().scan(**kwargs)
+            items.extend(
+                JobItem.model_validate(i)
+                for i in page.get("Items", [])
+                if "#" not in str(i["job_id"]) and ("status" in i or "reservation_state" in i)
+            )
+            if "LastEvaluatedKey" not in page:
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def record_batch(jobs_table: str, job_id: str, input_file_id: str, batch_id: str) -> None:
-    """Record the created batch id over the claim (only over the claim or the same id)."""
-    ddb().update_item(
-        TableName=jobs_table,
-        Key={"job_id": job_id},
-        UpdateExpression="SET #a = :id",
-        ConditionExpression="#a = :creating OR #a = :id",
-        ExpressionAttributeNames={"#a": _attr(input_file_id)},
-        ExpressionAttributeValues={":creating": CREATING, ":id": batch_id},
-    )
+@functools.lru_cache(maxsize=8)
+def job_store(table: str) -> JobStore:
+    """The :class:`JobStore` of ``table``, made once per table name."""
+    return JobStore(table)
 
 
-def mark_finished(jobs_table: str, job_id: str, fields: dict[str, Any]) -> None:
-    """Set the job's final ``status`` and result fields (floats are stored as Decimal)."""
-    values = {
-        k: Decimal(str(v)) if isinstance(v, float) else v
-        for k, v in fields.items()
-        if k != "job_id"  # the key itself
-    }
-    values["finished_at"] = int(time.time())
-    names = {f"#f{i}": k for i, k in enumerate(values)}
-    sets = ", ".join(f"#f{i} = :v{i}" for i in range(len(values)))
-    ddb().update_item(
-        TableName=jobs_table,
-        Key={"job_id": job_id},
-        UpdateExpression=f"SET {sets}",
-        ExpressionAttributeNames=names,
-        ExpressionAttributeValues={f":v{i}": v for i, v in enumerate(values.values())},
-    )
-
-
-def get_job(jobs_table: str, job_id: str) -> dict[str, Any]:
-    """The job's whole item (empty dict if none)."""
-    item: dict[str, Any] = (
-        ddb()
-        .get_item(TableName=jobs_table, Key={"job_id": job_id}, ConsistentRead=True)
-        .get("Item", {})
-    )
-    return item
-
-
-def put_ledger_record(usage_table: str, day: str, job_id: str, record: dict[str, Any]) -> None:
-    """Write (or overwrite, on retry) the job's ledger record for ``day``."""
-    item = {k: Decimal(str(v)) if isinstance(v, float) else v for k, v in record.items()}
-    item.update({"pk": f"ledger#{day}", "sk": job_id})
-    ddb().put_item(TableName=usage_table, Item=item)
-
-
-def ledger_records(usage_table: str, day: str) -> list[dict[str, Any]]:
-    """Every ledger record of ``day`` (paginated query)."""
-    records: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {
-        "TableName": usage_table,
-        "KeyConditionExpression": "pk = :pk",
-        "ExpressionAttributeValues": {":pk": f"ledger#{day}"},
-    }
-    while True:
-        page = ddb().query(**kwargs)
-        records.extend(page.get("Items", []))
-        if "LastEvaluatedKey" not in page:
-            return records
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def update_ledger_money(
-    usage_table: str,
-    day: str,
-    job_id: str,
-    *,
-    money: dict[str, Any],
-    defaults: dict[str, Any],
-) -> None:
-    """Set the money fields of the job's ledger record (``tokens``, ``cost_usd``, ...) and
-    recompute ``total_cost_usd`` = ``cost_usd`` + ``aws_cost_usd``; ``defaults`` fill the
-    other fields of a record that does not exist yet (never overwrite them)."""
-    names: dict[str, str] = {}
-    values: dict[str, Any] = {":zero": Decimal(0)}
-    sets: list[str] = []
-    for i, (name, value) in enumerate(money.items()):
-        names[f"#m{i}"] = name
-        values[f":m{i}"] = value
-        sets.append(f"#m{i} = :m{i}")
-    for i, (name, value) in enumerate(defaults.items()):
-        names[f"#d{i}"] = name
-        values[f":d{i}"] = value
-        sets.append(f"#d{i} = if_not_exists(#d{i}, :d{i})")
-    names["#total"] = "total_cost_usd"
-    names["#aws"] = "aws_cost_usd"
-    sets.append("#total = :cost + if_not_exists(#aws, :zero)")
-    values[":cost"] = money.get("cost_usd", Decimal(0))
-    ddb().update_item(
-        TableName=usage_table,
-        Key={"pk": f"ledger#{day}", "sk": job_id},
-        UpdateExpression="SET " + ", ".join(sets),
-        ExpressionAttributeNames=names,
-        ExpressionAttributeValues=values,
-    )
-
-
-def recorded_uploads(jobs_table: str, job_id: str, round_: int) -> str | None:
-    """The batch input files uploaded for this round (JSON), or None: a retried
-    BuildAndUploadJsonl reuses them instead of uploading (and paying storage) again."""
-    return _attribute(jobs_table, job_id, f"uploads#{round_}")
-
-
-def record_uploads(jobs_table: str, job_id: str, round_: int, files_json: str) -> None:
-    """Remember the round's uploaded batch input files (JSON)."""
-    ddb().update_item(
-        TableName=jobs_table,
-        Key={"job_id": job_id},
-        UpdateExpression="SET #u = :f",
-        ExpressionAttributeNames={"#u": f"uploads#{round_}"},
-        ExpressionAttributeValues={":f": files_json},
-    )
-
-
-def uploaded_file_ids(jobs_table: str, job_id: str) -> list[str]:
-    """Every batch input file the job uploaded, over all its rounds."""
-    item = get_job(jobs_table, job_id)
-    ids: list[str] = []
-    for name, value in item.items():
-        if str(name).startswith("uploads#"):
-            ids.extend(str(f["file_id"]) for f in json.loads(str(value)))
-    return ids
+def job_store_for(settings: HasJobsTable) -> JobStore:
+    """The :class:`JobStore` of the settings' ``JOBS_TABLE``."""
+    return job_store(settings.jobs_table)

@@ -21,6 +21,7 @@ Items (key ``job_id``):
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from botocore.exceptions import ClientError
 
 from ..models import BatchRef, S3Location
 from .dynamodb import ddb
+from .jobs import HasJobsTable
 
 OPEN_SHARD = "open"
 OPEN_INDEX = "OpenBatches"
@@ -236,3 +238,14 @@ class BatchRegistry:
                 return False
             raise
         return True
+
+
+@functools.lru_cache(maxsize=8)
+def batch_registry(table: str) -> BatchRegistry:
+    """The :class:`BatchRegistry` of ``table`` (``JOBS_TABLE``), made once per table name."""
+    return BatchRegistry(table)
+
+
+def batch_registry_for(settings: HasJobsTable) -> BatchRegistry:
+    """The :class:`BatchRegistry` of the settings' ``JOBS_TABLE``."""
+    return batch_registry(settings.jobs_table)

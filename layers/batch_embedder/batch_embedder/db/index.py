@@ -32,6 +32,23 @@ Builds are serialised by a session advisory lock per index: a writer that finds 
 build running leaves it to that one (whose snapshot includes the rows committed before
 it). A build that died leaves an INVALID index; the next :func:`ensure_index` that gets the
 lock drops and rebuilds it.
+
+One build per load, however many groups it comes in: the last load out builds.
+
+- A load that writes without the index (it went around it, or there is none) holds a
+  shared transaction-level advisory lock on the model's *load key* from that decision
+  (:func:`should_bypass`) to its commit. :func:`ensure_index` after a commit first tries the
+  load key exclusively: while another such load is in flight it builds nothing, since that
+  load's own :func:`ensure_index` will (every load calls it after its commit).
+- A load large enough to go around an index that is still being built
+  (``CREATE INDEX CONCURRENTLY`` of an earlier group) cancels that build
+  (``pg_cancel_backend`` of the pid ``pg_stat_progress_create_index`` names, same role) and
+  drops the invalid index: the build would be redone over its rows anyway. The cancelled
+  builder returns quietly.
+
+Searches stay correct meanwhile: without a valid index the planner scans exactly. If the
+last load rolls back instead, the index stays missing until the next write of the model
+(its retry: Step Functions retries FetchAndWrite).
 """
 
 from __future__ import annotations
@@ -122,25 +139,79 @@ def should_bypass(conn: Conn, model: str, dimensions: int, adding: int) -> bool:
     True when the index exists and ``adding`` is at least :data:`REBUILD_MIN_ROWS` and more
     than :data:`REBUILD_SHARE` of the rows it holds (estimated from the catalog, confirmed
     by a count when the estimate says yes). False without an index (nothing to go around).
+    When the answer means the load writes without the index (True, or no index), the
+    caller's transaction joins the model's loads in flight (module docstring): call it
+    inside the load's transaction.
     """
-    if adding < REBUILD_MIN_ROWS:
+    if adding <= 0:
         return False
     state = index_state(conn, model, dimensions)
     if not state.exists:
+        _join_load(conn, state.name)  # written without an index: build after the last load
         return False
-    if adding <= REBUILD_SHARE * state.rows:
+    if adding < REBUILD_MIN_ROWS or adding <= REBUILD_SHARE * state.rows:
         return False
-    return adding > REBUILD_SHARE * model_rows(conn, model, dimensions)
+    if adding > REBUILD_SHARE * model_rows(conn, model, dimensions):
+        _join_load(conn, state.name)
+        return True
+    return False
+
+
+def _load_key(name: str) -> str:
+    return f"batch_embedder.load/{name}"
+
+
+def _join_load(conn: Conn, name: str) -> None:
+    """Mark the caller's transaction as a load of index ``name`` written without it (a
+    shared transaction-level advisory lock, released at its commit or rollback)."""
+    conn.execute("SELECT pg_advisory_xact_lock_shared(hashtext(%s))", (_load_key(name),))
+
+
+def loads_in_flight(conn: Conn, name: str) -> bool:
+    """Whether another transaction is loading rows of index ``name`` without it (holds the
+    load key, :func:`should_bypass`); such a load builds the index after its commit."""
+    key = _load_key(name)
+    row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
+    if not (row and row[0]):
+        return True
+    conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+    return False
+
+
+def _cancel_builds(conn: Conn, name: str) -> int:
+    """Cancel the ``CREATE INDEX CONCURRENTLY`` of index ``name`` other sessions are running
+    (``pg_stat_progress_create_index``,
+    https://www.postgresql.org/docs/current/progress-reporting.html#CREATE-INDEX-PROGRESS-REPORTING).
+
+    Returns:
+        Builds signalled (0 when none runs, or the role may not signal them).
+    """
+    try:
+        with conn.transaction():
+            rows = conn.execute(
+                "SELECT pg_cancel_backend(p.pid) FROM pg_stat_progress_create_index p "
+                "WHERE p.index_relid = to_regclass(%s) AND p.pid <> pg_backend_pid()",
+                (f"{SCHEMA}.{name}",),
+            ).fetchall()
+    except errors.InsufficientPrivilege:
+        return 0
+    return sum(1 for r in rows if r[0])
 
 
 def drop_for_load(conn: Conn, model: str, dimensions: int) -> bool:
     """Drop the index of (model, dimensions) inside the caller's load transaction (a
     savepoint), waiting at most :data:`DROP_LOCK_TIMEOUT_S` for the table lock.
 
+    An index still being built (invalid) is abandoned: its build is cancelled first
+    (module docstring).
+
     Returns:
         True if dropped (the caller must :func:`ensure_index` after its commit); False if
         the lock was not had in time or a deadlock was detected (nothing changed).
     """
+    state = index_state(conn, model, dimensions)
+    if state.exists and not state.valid and _cancel_builds(conn, state.name):
+        logger.info("index %s: its running build gives way to a larger load", state.name)
     try:
         with conn.transaction():
             conn.execute(
@@ -189,8 +260,12 @@ def ensure_index(conn: Conn, model: str, dimensions: int) -> bool:
     it when missing, rebuild it when a build died (module docstring). Above 2,000
     dimensions the index is on ``halfvec(D)`` (pgvector >= 0.7), else there is none.
 
+    Nothing is built while another load of the model is in flight without the index
+    (:func:`loads_in_flight`): that load builds it after its commit, once for both.
+
     Returns:
-        True if an index exists afterwards (or another session is building it); False
+        True if an index exists afterwards, or another session is building it, or a load
+        in flight will, or this build was cancelled in favour of a larger load; False
         above 2,000 dimensions without halfvec (a warning is logged).
 
     Raises:
@@ -199,6 +274,9 @@ def ensure_index(conn: Conn, model: str, dimensions: int) -> bool:
     """
     state = index_state(conn, model, dimensions)
     if state.valid:
+        return True
+    if loads_in_flight(conn, state.name):
+        logger.info("index %s: left to the load still in flight", state.name)
         return True
     halfvec = uses_halfvec(conn, dimensions)
     if dimensions > HNSW_MAX_VECTOR_DIMENSIONS and not halfvec:
@@ -236,6 +314,14 @@ def ensure_index(conn: Conn, model: str, dimensions: int) -> bool:
             _raise_memory(conn, memory, local=not concurrently)
             conn.execute(_create_sql(model, dimensions, halfvec, concurrently))
         logger.info("built index %s over %d rows", state.name, rows)
+    except errors.QueryCanceled as exc:
+        # A larger load took the build over (drop_for_load: "user request"), or a
+        # statement_timeout: the invalid index is dropped and rebuilt by that load or by the
+        # next ensure_index.
+        taken_over = "user request" in (exc.diag.message_primary or "")
+        (logger.info if taken_over else logger.warning)(
+            "build of index %s cancelled (%s); a later load rebuilds it", state.name, exc
+        )
     finally:
         if concurrently:
             conn.execute("RESET maintenance_work_mem")

@@ -12,6 +12,9 @@ Everything lives in the ``batch_embedder`` schema:
   older write or delete never undoes a newer one.
 - ``embedding_claims``: content an execution is embedding right now, so that concurrent
   executions pay for each distinct chunk once.
+- ``fallback_documents``: objects written with the fallback model (``local-minilm``)
+  while the provider did not answer, until the provider's model replaces them
+  (``db/fallback.py``).
 - one HNSW cosine index per (model, dimensions), an expression index on
   ``embedding::vector(D)`` restricted to that model (pgvector README, "indexing vectors with
   different dimensions"). pgvector's HNSW on ``vector`` stops at 2,000 dimensions; above
@@ -166,6 +169,27 @@ MIGRATIONS: list[tuple[int, str]] = [
             content_sha256  text        NOT NULL,
             created_at      timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (source_bucket, object_key, settings, sequencer)
+        );
+        """,
+    ),
+    (
+        6,
+        """
+        -- Objects written with the fallback model during a provider outage
+        -- (FALLBACK_PROVIDER=local, db/fallback.py): the reconciler re-submits them once
+        -- the provider answers; the primary model's write deletes the fallback rows.
+        CREATE TABLE batch_embedder.fallback_documents (
+            source_bucket       text        NOT NULL,
+            object_key          text        NOT NULL,
+            model               text        NOT NULL,
+            dimensions          integer     NOT NULL,
+            primary_model       text        NOT NULL,
+            primary_dimensions  integer     NOT NULL,
+            job_id              text        NOT NULL,
+            created_at          timestamptz NOT NULL DEFAULT now(),
+            resubmitted_at      timestamptz,
+            resubmissions       integer     NOT NULL DEFAULT 0,
+            PRIMARY KEY (source_bucket, object_key)
         );
         """,
     ),

@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 
 from ..records import ChunkRow
+from .fallback import remove_replaced
 from .index import drop_for_load, ensure_index, should_bypass
 from .schema import SCHEMA
 from .search import SearchHit, search
@@ -236,10 +237,12 @@ class ChunkWriter:
         occurrence number for repeated text), not by position: a chunk that is still there
         keeps its row id and vector even when an edit above it moved its index; rows whose
         content is gone are deleted; new content is inserted. An identical re-upload
-        changes nothing.
+        changes nothing. An object the local fallback wrote during an outage
+        (``db/fallback.py``) loses its fallback-model rows here, in the same transaction.
 
         Returns:
-            ``(rows inserted, rows moved to a new index, stale rows deleted)``.
+            ``(rows inserted, rows moved to a new index, stale rows deleted)`` (deleted
+            includes the fallback rows replaced).
         """
         schema = sql.Identifier(SCHEMA)
         params = self._params
@@ -311,6 +314,10 @@ class ChunkWriter:
                 "WHERE objects.sequencer <= EXCLUDED.sequencer"
             ).format(schema=sql.Identifier(SCHEMA)),
             params,
+        )
+        # Objects the fallback model wrote during an outage: this model's rows replace them.
+        deleted += remove_replaced(
+            self.conn, bucket=self.bucket, model=self.model, dimensions=self.dimensions
         )
         return written, moved, deleted
 

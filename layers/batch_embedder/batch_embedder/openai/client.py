@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import openai
+from aws_lambda_powertools import Logger
 
 from ..aws import provider_health
 from ..aws.secrets import openai_api_key
@@ -34,6 +35,8 @@ from ..errors import (
 )
 from ..settings import NATIVE_DIMENSIONS, Settings, request_dimensions
 
+logger = Logger(child=True)
+
 #: Scope of Entra ID tokens for Azure OpenAI
 #: (https://learn.microsoft.com/azure/ai-foundry/openai/how-to/managed-identity).
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
@@ -42,6 +45,9 @@ ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
 #: endpoints without ``/v1`` (``"/chat/completions"`` in
 #: https://learn.microsoft.com/azure/ai-foundry/openai/how-to/batch, so ``/embeddings``).
 OPENAI_BATCH_ENDPOINT = "/v1/embeddings"
+#: The API key of the client :func:`get_client` returns for the ``local`` provider, which
+#: never sends an embedding request (``local_model.py`` runs in-process).
+LOCAL_PROVIDER_KEY = "local-provider-sends-nothing"
 AZURE_BATCH_ENDPOINT = "/embeddings"
 
 #: What counts as the provider not answering: connection refused or reset, timeouts
@@ -125,6 +131,10 @@ def get_client(settings: Settings, *, max_retries: int | None = None) -> openai.
             or ``azure-identity`` is missing for ``AZURE_OPENAI_AUTH=entra``.
     """
     retries = settings.openai_max_retries if max_retries is None else max_retries
+    if settings.embedding_provider == "local":
+        # Nothing is sent: a client that needs no key, for the code paths that look for
+        # batches or files (there are none).
+        return _client(LOCAL_PROVIDER_KEY, settings.openai_base_url, retries, 1.0)
     if settings.embedding_provider == "azure":
         if not settings.azure_openai_endpoint:
             raise ConfigurationError(
@@ -181,11 +191,14 @@ def batch_endpoint(settings: Settings) -> str:
 
 def sync_only(settings: Settings) -> bool:
     """Whether every content goes through the synchronous API: a ``compatible`` server
-    (no ``/v1/batches``) or Azure without ``AZURE_OPENAI_BATCH`` (Azure's Batch API does
-    not take embeddings models: https://learn.microsoft.com/azure/ai-foundry/openai/how-to/batch,
-    FAQ "Can I use the batch API for embeddings models?")."""
+    (no ``/v1/batches``), the ``local`` provider (no API at all) or Azure without
+    ``AZURE_OPENAI_BATCH`` (Azure's Batch API does not take embeddings models:
+    https://learn.microsoft.com/azure/ai-foundry/openai/how-to/batch, FAQ "Can I use the
+    batch API for embeddings models?")."""
     provider = settings.embedding_provider
-    return provider == "compatible" or (provider == "azure" and not settings.azure_openai_batch)
+    if provider in ("compatible", "local"):  # ``local``: the model runs in EmbedSync itself
+        return True
+    return provider == "azure" and not settings.azure_openai_batch
 
 
 def raise_if_quota_exhausted(exc: openai.RateLimitError) -> None:
@@ -258,13 +271,27 @@ def check_provider(
     Raises:
         ProviderAuthFailedError: 401 or 403: the key (or Entra ID token) is invalid,
             revoked or not allowed.
-        ProviderUnavailableError: the provider did not answer (see :func:`provider_calls`).
+        ProviderUnavailableError: the provider did not answer (see :func:`provider_calls`),
+            unless ``FALLBACK_PROVIDER=local``: then the outage is recorded and the check
+            passes (urgent documents are embedded by the fallback, the others wait at
+            BuildAndUploadJsonl).
         ProviderOutageTooLongError: not for ``PROVIDER_OUTAGE_SECONDS``.
+
+    Nothing is checked for the ``local`` provider (no key, no endpoint).
     """
     provider = settings.embedding_provider
+    if provider == "local":
+        return  # the model runs in-process: no key, no endpoint
     try:
         with provider_calls(settings, job_id=job_id, source=source):
             get_client(settings).models.retrieve(model)
+    except (ProviderUnavailableError, ProviderOutageTooLongError):
+        if settings.fallback_provider != "local":
+            raise
+        # Degraded, with a fallback: urgent documents go on to EmbedSync, which embeds
+        # them with the local model; the others wait at BuildAndUploadJsonl.
+        logger.warning("provider unavailable: going on with the local fallback")
+        return
     except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
         body = exc.body if isinstance(exc.body, dict) else {}
         reason = str(body.get("message") or exc.message)
@@ -289,3 +316,25 @@ def check_provider(
         if provider == "compatible" and exc.status_code == 405:
             return  # no /v1/models/{model} route, but it answered
         raise
+
+
+def provider_answers(settings: Settings, model: str) -> bool:
+    """Whether the provider answers now: one ``GET /v1/models/{model}`` (not billed, see
+    :func:`check_provider`) in :func:`provider_calls`, which records an outage or clears
+    it. Any answer counts, a 4xx included; the reconciler asks before re-submitting the
+    documents the fallback embedded.
+
+    Returns:
+        False on an outage (connection error, timeout, 5xx); True otherwise, and always
+        for the ``local`` provider.
+    """
+    if settings.embedding_provider == "local":
+        return True
+    try:
+        with provider_calls(settings, job_id=None, source="the provider check"):
+            get_client(settings).models.retrieve(model)
+    except (ProviderUnavailableError, ProviderOutageTooLongError):
+        return False
+    except openai.APIStatusError:
+        return True
+    return True

@@ -12,6 +12,8 @@ One table per provider (``EMBEDDING_PROVIDER``), in USD per 1,000,000 input toke
   deployment that does (``AZURE_OPENAI_BATCH``) the batch price is the documented "50%
   less cost than global standard" (same page).
 - ``compatible``: your own server (vLLM, Ollama, TEI): no provider bill, 0 for any model.
+- ``local`` (:data:`LOCAL_PRICES`): the local model (``local_model.py``) run inside the
+  Lambdas, on your own CPU: no provider bill, 0.
 
 Override or extend with the ``PRICE_OVERRIDES`` environment variable (``PriceOverrides``
 parameter), which applies to the configured provider: ``model=standard:batch,...`` or the
@@ -25,9 +27,9 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
 
-from ..settings import parse_price_overrides
+from ..settings import Settings, parse_price_overrides
 
-Provider = Literal["openai", "azure", "compatible"]
+Provider = Literal["openai", "azure", "compatible", "local"]
 
 ONE_MILLION = Decimal(1_000_000)
 
@@ -58,10 +60,14 @@ AZURE_PRICES: dict[str, Price] = {
 #: Price of every model of a ``compatible`` server: it runs on your own hardware.
 FREE = Price(standard=Decimal(0), batch=Decimal(0))
 
+#: The ``local`` provider (and the ``local`` fallback): the local model, free.
+LOCAL_PRICES: dict[str, Price] = {"local-minilm": FREE}
+
 TABLES: dict[Provider, dict[str, Price]] = {
     "openai": PRICES,
     "azure": AZURE_PRICES,
     "compatible": {},
+    "local": LOCAL_PRICES,
 }
 
 
@@ -69,27 +75,32 @@ def current_provider() -> Provider:
     """``EMBEDDING_PROVIDER`` from the environment (``openai`` when unset).
 
     Raises:
-        ValueError: it is not ``openai``, ``azure`` or ``compatible``.
+        ValueError: it is not ``openai``, ``azure``, ``compatible`` or ``local``.
     """
     value = os.environ.get("EMBEDDING_PROVIDER", "").strip().lower() or "openai"
     for provider in TABLES:
         if provider == value:
             return provider
-    raise ValueError(f"EMBEDDING_PROVIDER={value!r}: want openai, azure or compatible")
+    raise ValueError(f"EMBEDDING_PROVIDER={value!r}: want openai, azure, compatible or local")
 
 
-def price_for(model: str, provider: Provider | None = None) -> Price:
+def price_for(
+    model: str, provider: Provider | None = None, *, overrides: str | None = None
+) -> Price:
     """The price of ``model`` at ``provider`` (default: ``EMBEDDING_PROVIDER``), with
-    ``PRICE_OVERRIDES`` applied; USD per 1M input tokens.
+    ``overrides`` (a ``PRICE_OVERRIDES`` value; default: the environment's) applied; USD
+    per 1M input tokens. The steps pass both from their settings (:func:`settings_price`).
 
     Raises:
         KeyError: the model is in neither the provider's table nor the overrides (never
             for ``compatible``, whose models are free).
     """
     provider = provider or current_provider()
-    overrides = parse_price_overrides(os.environ.get("PRICE_OVERRIDES", ""))
-    if model in overrides:
-        standard, batch = overrides[model]
+    if overrides is None:
+        overrides = os.environ.get("PRICE_OVERRIDES", "")
+    prices = parse_price_overrides(overrides)
+    if model in prices:
+        standard, batch = prices[model]
         return Price(standard=standard, batch=batch)
     table = TABLES[provider]
     if model in table:
@@ -120,10 +131,22 @@ class CostBreakdown:
         return self.standard_usd - self.batch_usd
 
 
-def breakdown(model: str, tokens: int, provider: Provider | None = None) -> CostBreakdown:
-    """Batch and standard cost of ``tokens`` input tokens of ``model`` at ``provider``
-    (default: ``EMBEDDING_PROVIDER``)."""
-    price = price_for(model, provider)
+def settings_price(settings: Settings, model: str) -> Price:
+    """:func:`price_for` with the provider and the overrides of a function's settings (it
+    must declare ``EmbeddingSettings`` and ``PricingSettings``).
+
+    Raises:
+        KeyError: as :func:`price_for`.
+    """
+    return price_for(model, settings.embedding_provider, overrides=settings.price_overrides)
+
+
+def breakdown(
+    model: str, tokens: int, provider: Provider | None = None, *, price: Price | None = None
+) -> CostBreakdown:
+    """Batch and standard cost of ``tokens`` input tokens of ``model`` at ``price`` (default:
+    :func:`price_for` at ``provider``, default ``EMBEDDING_PROVIDER``)."""
+    price = price or price_for(model, provider)
     return CostBreakdown(
         tokens=tokens,
         batch_usd=cost_usd(tokens, price.batch),

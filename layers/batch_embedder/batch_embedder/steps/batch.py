@@ -14,11 +14,11 @@ import openai
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from openai.types import Batch
-from pydantic import TypeAdapter
 
-from ..aws import jobs, s3
+from ..aws import s3
+from ..aws.jobs import CREATING, job_store_for
 from ..aws.limiters import batch_queue
-from ..aws.registry import BatchRegistry
+from ..aws.registry import batch_registry_for
 from ..metrics import emit
 from ..models import BatchFile, BatchRef, BatchStatus, ReservedJob, SubmittedJob, UploadedJob
 from ..openai.batch_files import BatchLimits, tokens_per_request, write_batch_files
@@ -43,7 +43,6 @@ RECOVERY_SCAN_LIMIT = 500
 #: deleted as soon as its batch ends; the expiry only catches files a retry orphaned
 #: (https://platform.openai.com/docs/api-reference/files/create).
 INPUT_FILE_TTL_SECONDS = 48 * 3600
-_BATCH_FILES = TypeAdapter(list[BatchFile])
 
 
 def build_and_upload_jsonl(
@@ -66,10 +65,10 @@ def build_and_upload_jsonl(
         ProviderOutageTooLongError: this execution has waited ``PROVIDER_OUTAGE_SECONDS``.
         openai.APIError: any other failed upload (a 4xx), after the SDK's retries.
     """
-    recorded = jobs.recorded_uploads(settings.jobs_table, job.job_id, job.embed_round)
+    jobs = job_store_for(settings)
+    recorded = jobs.recorded_uploads(job.job_id, job.embed_round)
     if recorded is not None:  # a retry: the files of this round are uploaded already
-        files = _BATCH_FILES.validate_json(recorded)
-        return UploadedJob(**job.model_dump(), batch_files=files)
+        return UploadedJob(**job.model_dump(), batch_files=recorded)
     client = get_client(settings)
     uploaded: list[BatchFile] = []
     assert job.embed is not None and job.embed.manifest is not None, "CheckCache runs first"
@@ -118,12 +117,7 @@ def build_and_upload_jsonl(
                     bytes=f.bytes,
                 )
             )
-    jobs.record_uploads(
-        settings.jobs_table,
-        job.job_id,
-        job.embed_round,
-        _BATCH_FILES.dump_json(uploaded).decode(),
-    )
+    jobs.record_uploads(job.job_id, job.embed_round, uploaded)
     logger.info("uploaded batch files", extra={"files": [u.file_id for u in uploaded]})
     return UploadedJob(**job.model_dump(), batch_files=uploaded)
 
@@ -190,14 +184,15 @@ def _create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
     refs: list[BatchRef] = []
     assert job.embed is not None and job.embed.manifest is not None, "CheckCache runs first"
     source = f"s3://{job.bucket}/{job.source}"
-    registry = BatchRegistry(settings.jobs_table)
+    registry = batch_registry_for(settings)
+    jobs = job_store_for(settings)
     for f in job.batch_files:
-        recorded = jobs.recorded_batch(settings.jobs_table, job.job_id, f.file_id)
-        if recorded and recorded != jobs.CREATING:
+        recorded = jobs.recorded_batch(job.job_id, f.file_id)
+        if recorded and recorded != CREATING:
             refs.append(BatchRef(batch_id=recorded, input_file_id=f.file_id))
             continue
         batch: Batch | None = None
-        if recorded == jobs.CREATING:  # an earlier attempt died between create and record
+        if recorded == CREATING:  # an earlier attempt died between create and record
             batch = _find_created_batch(client, job.job_id, f.file_id)
         if batch is None:
             grant = queue.reserve_batch(queue_key(job.job_id, f.file_id), f.tokens)
@@ -208,9 +203,8 @@ def _create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
                 return SubmittedJob(
                     **job.model_dump(), batches=refs, create_status="queued", wait_seconds=wait
                 )
-            if recorded is None and not jobs.claim_batch(
-                settings.jobs_table, job.job_id, f.file_id
-            ):  # a concurrent attempt claimed it first
+            if recorded is None and not jobs.claim_batch(job.job_id, f.file_id):
+                # a concurrent attempt claimed it first
                 batch = _find_created_batch(client, job.job_id, f.file_id)
         if batch is None:
             try:
@@ -232,7 +226,7 @@ def _create_batches(job: UploadedJob, settings: Settings) -> SubmittedJob:
                 raise_if_quota_exhausted(exc)
                 raise
             emit("batches_created", 1, MetricUnit.Count)
-        jobs.record_batch(settings.jobs_table, job.job_id, f.file_id, batch.id)
+        jobs.record_batch(job.job_id, f.file_id, batch.id)
         ref = BatchRef(batch_id=batch.id, input_file_id=f.file_id, status=batch.status)
         registry.register(
             job.job_id,

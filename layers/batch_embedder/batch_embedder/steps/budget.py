@@ -9,7 +9,16 @@ from __future__ import annotations
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
-from ..aws import budget, jobs, s3
+from ..aws import s3
+from ..aws.budget import (
+    BudgetScope,
+    budget_store_for,
+    model_scope,
+    prefix_scope,
+    seconds_to_next_day,
+    utc_day,
+)
+from ..aws.jobs import job_store_for
 from ..errors import BudgetExceededError
 from ..metrics import emit
 from ..models import BudgetDecision, ChunkedJob
@@ -28,7 +37,7 @@ WARN_AT = (0.8, 0.9)
 
 
 def _remaining(settings: Settings, day: str, prefix: str) -> int:
-    held = budget.get_counter(settings.usage_table, day, f"prefix:{prefix}")["held_tokens"]
+    held = budget_store_for(settings).counter(day, f"prefix:{prefix}").held_tokens
     return max(0, settings.prefix_token_limits[prefix] - held)
 
 
@@ -62,10 +71,11 @@ def _without(job: ChunkedJob, excluded: set[str]) -> ChunkedJob:
     return job.model_copy(update={"embed": new_plan, "excluded_prefixes": sorted(excluded)})
 
 
-def _warn(settings: Settings, scopes: list[budget.BudgetScope], tokens: int, day: str) -> None:
+def _warn(settings: Settings, scopes: list[BudgetScope], tokens: int, day: str) -> None:
     highest = 0.0
+    budgets = budget_store_for(settings)
     for scope in scopes:
-        used = budget.usage_fraction(settings.usage_table, day, scope)
+        used = budgets.usage_fraction(day, scope)
         before = (
             (used * scope.limit_tokens - tokens) / scope.limit_tokens if scope.limit_tokens else 0
         )
@@ -107,7 +117,7 @@ def reserve_budget(job: ChunkedJob, settings: Settings) -> BudgetDecision:
         ProviderOutageTooLongError: this execution has waited ``PROVIDER_OUTAGE_SECONDS``.
     """
     check_provider(settings, job.model, job.source, job_id=job.job_id)
-    day = budget.utc_day()
+    day = utc_day()
     excluded = {
         p
         for p, tokens in (job.embed.prefix_tokens if job.embed else {}).items()
@@ -118,13 +128,11 @@ def reserve_budget(job: ChunkedJob, settings: Settings) -> BudgetDecision:
             job = _without(job, excluded)
         tokens = job.embed.tokens if job.embed is not None else job.tokens
         shares = job.embed.prefix_tokens if job.embed is not None else {}
-        scopes = [budget.model_scope(job.model, settings.daily_token_limit)] + [
-            budget.prefix_scope(p, settings.prefix_token_limits[p]) for p in sorted(shares)
+        scopes = [model_scope(job.model, settings.daily_token_limit)] + [
+            prefix_scope(p, settings.prefix_token_limits[p]) for p in sorted(shares)
         ]
         try:
-            reservation = budget.reserve(
-                jobs_table=settings.jobs_table,
-                usage_table=settings.usage_table,
+            reservation = budget_store_for(settings).reserve(
                 job_id=job.job_id,
                 key=job.source,
                 tokens=tokens,
@@ -139,7 +147,7 @@ def reserve_budget(job: ChunkedJob, settings: Settings) -> BudgetDecision:
                 excluded.add(exc.scope.removeprefix("prefix:"))
                 continue
             if settings.budget_exceeded_action == "wait" and tokens <= exc.limit_tokens:
-                wait = budget.seconds_to_next_day()
+                wait = seconds_to_next_day()
                 logger.warning(
                     "over budget: waiting for the next UTC day", extra={"wait_seconds": wait}
                 )
@@ -165,15 +173,16 @@ def sweep_reservations(event: ScheduledEvent, settings: Settings) -> SweepResult
     """
     swept: list[str] = []
     given_back = committed = 0
-    for job_id in budget.held_jobs(jobs_table=settings.jobs_table, now=event.epoch_seconds()):
+    jobs = job_store_for(settings)
+    for job_id in budget_store_for(settings).held_jobs(now=event.epoch_seconds()):
         collected = collect_batches(settings, job_id)
-        item = jobs.get_job(settings.jobs_table, job_id)
-        before = int(item.get("reserved_tokens", 0))
+        item = jobs.get(job_id)
+        before = item.reserved_tokens
         bill = resettle(
             settings,
             job_id,
-            model=str(item.get("model") or settings.embedding_model),
-            reason=f"{item.get('source_key', job_id)}: the execution did not finish within "
+            model=item.model or settings.embedding_model,
+            reason=f"{item.source_key or job_id}: the execution did not finish within "
             f"{settings.reservation_hold_seconds} s; its reservation was swept",
         )
         swept.append(job_id)

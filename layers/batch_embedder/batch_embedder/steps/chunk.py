@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -36,7 +36,16 @@ from ..chunking import chunk_texts
 from ..documents import Decoded, extract_document, normalize_text, read_text
 from ..errors import InvalidDocumentError
 from ..metrics import emit
-from ..models import ChunkedJob, CostEstimate, GroupRequest, S3Location, Upload
+from ..models import (
+    ChunkedJob,
+    CostEstimate,
+    GroupRequest,
+    ObjectCreated,
+    ObjectDeleted,
+    S3Location,
+    Upload,
+    UploadEvent,
+)
 from ..openai import pricing
 from ..records import ChunkRow, DocumentOutcome, sequencer_key
 from ..settings import Settings
@@ -84,13 +93,13 @@ def job_key(job_id: str, name: str) -> str:
     return f"jobs/{job_id}/{name}"
 
 
-def latest_events(uploads: list[Upload]) -> list[Upload]:
+def latest_events(uploads: Sequence[UploadEvent]) -> list[UploadEvent]:
     """The newest event of each key, by S3 ``sequencer`` (later in the list on a tie).
 
     Sequencers of one key compare as hexadecimal strings of equal length after padding
     (https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-content-structure.html).
     """
-    newest: dict[str, tuple[str, int, Upload]] = {}
+    newest: dict[str, tuple[str, int, UploadEvent]] = {}
     for position, upload in enumerate(uploads):
         order = (upload.sequencer.rjust(32, "0"), position)
         current = newest.get(upload.key)
@@ -258,13 +267,14 @@ def chunk_and_estimate(request: GroupRequest, settings: Settings) -> ChunkedJob:
         raise ValueError(f"a group holds uploads of one bucket, not {sorted(buckets)}")
     bucket = buckets.pop()
     latest = latest_events(request.uploads)
-    deletes = [u.key for u in latest if u.event == "Object Deleted"]
-    creates = [u for u in latest if u.event == "Object Created"]
+    deleted = [u for u in latest if isinstance(u, ObjectDeleted)]
+    creates: list[Upload] = [u for u in latest if isinstance(u, ObjectCreated)]
+    deletes = [u.key for u in deleted]
     out = _Outcomes(
         [
             DocumentOutcome(key=u.key, status="deleted", object_key=u.key,
                             sequencer=sequencer_key(u.sequencer))
-            for u in latest if u.event == "Object Deleted"
+            for u in deleted
         ]
     )  # fmt: skip
     encoding = get_encoding()
@@ -323,7 +333,8 @@ def chunk_and_estimate(request: GroupRequest, settings: Settings) -> ChunkedJob:
             describe([u.key for u in latest]),
             f"nothing to embed ({len(rejected)} rejected: {'; '.join(shown[:5])})",
         )
-    cost = pricing.breakdown(settings.embedding_model, counts["tokens"])
+    model = settings.embedding_model
+    cost = pricing.breakdown(model, counts["tokens"], price=pricing.settings_price(settings, model))
     emit("chunks", counts["chunks"], MetricUnit.Count)
     emit("estimated_tokens", counts["tokens"], MetricUnit.Count)
     if rejected:
@@ -352,9 +363,7 @@ def chunk_and_estimate(request: GroupRequest, settings: Settings) -> ChunkedJob:
         rejected_count=len(rejected),
         rejected=shown,
         deletes=deletes,
-        delete_sequencers={
-            u.key: sequencer_key(u.sequencer) for u in latest if u.event == "Object Deleted"
-        },
+        delete_sequencers={u.key: sequencer_key(u.sequencer) for u in deleted},
         urgent_documents=counts["urgent"],
         unchanged=skip.keys[:MAX_REJECTED_SHOWN],
         unchanged_count=len(skip.keys),

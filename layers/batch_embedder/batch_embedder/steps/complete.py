@@ -35,9 +35,10 @@ from openai.types.webhooks import (
 )
 from pydantic import BaseModel
 
-from ..aws import jobs, metering, provider_health
+from ..aws import metering, provider_health
 from ..aws.clients import client
-from ..aws.registry import BatchRegistry, RegisteredBatch
+from ..aws.jobs import job_store_for
+from ..aws.registry import BatchRegistry, RegisteredBatch, batch_registry_for
 from ..aws.secrets import webhook_secret
 from ..metrics import emit
 from ..models import BatchesOutcome, SubmittedJob
@@ -51,6 +52,7 @@ from ..service_models import (
     WaitRequest,
 )
 from ..settings import Settings
+from . import fallback
 from .batch import TERMINAL, overall_status, release_queue, to_ref, usage_tokens
 from .settle import collect_batches, resettle
 
@@ -81,7 +83,7 @@ class WebhookResponse(BaseModel):
 
 
 def _registry(settings: Settings) -> BatchRegistry:
-    return BatchRegistry(settings.jobs_table)
+    return batch_registry_for(settings)
 
 
 def complete_if_done(settings: Settings, job_id: str) -> bool:
@@ -199,7 +201,7 @@ def receive_webhook(event: FunctionUrlRequest, settings: Settings) -> WebhookRes
 
 def _owner_alive(settings: Settings, registered: RegisteredBatch) -> bool:
     """Whether the batch's execution still runs (so it will ingest the batch itself)."""
-    if "status" in jobs.get_job(settings.jobs_table, registered.owner):
+    if job_store_for(settings).get(registered.owner).finished:
         return False  # RecordCost or RecordFailure ran
     if not registered.execution_arn:
         return True
@@ -270,6 +272,7 @@ def reconcile(_event: ScheduledEvent, settings: Settings) -> ReconcileResult:
         adopted += len(collected.ingested)
         resettle(settings, owner, model=model, reason=f"{owner}: execution ended before its "
                  "batches did; the reconciler stored their vectors and settled them")  # fmt: skip
+    fallback.resubmit(settings)  # FALLBACK_PROVIDER=local: re-embed once the provider answers
     emit("batches_in_flight", len(open_batches) - finished, MetricUnit.Count)
     if adopted:
         emit("batches_adopted", adopted, MetricUnit.Count)

@@ -19,8 +19,11 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
-from ..aws import budget, jobs, metering, s3
+from ..aws import metering, s3
+from ..aws.budget import budget_store_for, utc_day
 from ..aws.clients import client
+from ..aws.jobs import job_store_for
+from ..aws.ledger import ledger_store_for
 from ..metrics import emit
 from ..models import DocumentResult, JobSummary, WrittenJob
 from ..openai import pricing
@@ -152,14 +155,10 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
     sync_tokens = written.sync_billed_tokens if written else 0
     billed = batch_tokens + sync_tokens
     if job.reservation is not None:
-        budget.settle(
-            jobs_table=settings.jobs_table,
-            usage_table=settings.usage_table,
-            job_id=job.job_id,
-            billed_tokens=billed,
-            outcome="committed",
+        budget_store_for(settings).settle(
+            job_id=job.job_id, billed_tokens=billed, outcome="committed"
         )
-    price = pricing.price_for(job.model)
+    price = pricing.settings_price(settings, job.model)
     cost = pricing.cost_usd(batch_tokens, price.batch) + pricing.cost_usd(
         sync_tokens, price.standard
     )
@@ -183,7 +182,7 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
     )
     aws_cost = usd(aws.cost_usd())
     results = _with_costs(results, float(cost), aws_cost, float(price.standard))
-    day = job.reservation.day if job.reservation is not None else budget.utc_day()
+    day = job.reservation.day if job.reservation is not None else utc_day()
     results_key = f"results/{day}/{job.job_id}.jsonl"  # kept: jobs/ expires after 14 days
     embedded = [r for r in results if r.status == "embedded"]
     rejected = [f"{r.key}: {r.reason}" for r in results if r.status in ("rejected", "over_budget")]
@@ -252,12 +251,8 @@ def record_cost(job: WrittenJob, settings: Settings) -> JobSummary:
         lambda_gb_seconds=aws.lambda_gb_seconds,
         results=f"s3://{settings.work_bucket}/{results_key}",
     )
-    jobs.put_ledger_record(settings.usage_table, day, job.job_id, record.model_dump())
-    jobs.mark_finished(
-        settings.jobs_table,
-        job.job_id,
-        {"status": "SUCCEEDED", **summary.model_dump(exclude={"rejected", "results", "aws"})},
-    )
+    ledger_store_for(settings).put(record)
+    job_store_for(settings).mark_succeeded(summary)
     emit("tokens", billed, MetricUnit.Count)
     emit("cost_usd", summary.cost_usd, MetricUnit.NoUnit)
     emit("aws_cost_usd", aws_cost, MetricUnit.NoUnit)

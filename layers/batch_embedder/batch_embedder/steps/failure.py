@@ -15,8 +15,11 @@ import json
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
-from ..aws import budget, jobs, metering
-from ..aws.registry import BatchRegistry
+from ..aws import metering
+from ..aws.budget import budget_store_for, utc_day
+from ..aws.jobs import job_store_for
+from ..aws.ledger import ledger_store_for
+from ..aws.registry import batch_registry_for
 from ..db.content import Billed
 from ..failure_models import FailedState, FailureInput, FailureOutcome
 from ..metrics import emit
@@ -47,8 +50,8 @@ ERROR_STATES: dict[str, FailedState] = {
 def _source_key(failure: FailureInput) -> str:
     if failure.source:
         return failure.source
-    if isinstance(failure.uploads, list) and failure.uploads:
-        return describe([u.key for u in failure.uploads])
+    if failure.uploads.keys:
+        return describe(failure.uploads.keys)
     return "<unknown object>"
 
 
@@ -90,7 +93,7 @@ def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
     key = _source_key(failure)
     model = failure.model or settings.embedding_model
     collected = collect_batches(settings, failure.job_id)
-    _, registered = BatchRegistry(settings.jobs_table).group(failure.job_id)
+    _, registered = batch_registry_for(settings).group(failure.job_id)
     bill = _bill(settings, failure, len(registered))
     release_claims(settings, failure.job_id)
     files = [b.input_file_id for b in registered] + [f.file_id for f in failure.batch_files or []]
@@ -106,21 +109,17 @@ def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
         cause = f"{key}: RecordFailure was reached without an error"
     if collected.errors:
         cause += f" (batches left for the reconciler: {'; '.join(collected.errors)[:500]})"
-    released, _ = budget.settle(
-        jobs_table=settings.jobs_table,
-        usage_table=settings.usage_table,
-        job_id=failure.job_id,
-        billed_tokens=bill.tokens,
-        outcome="released",
+    released, _ = budget_store_for(settings).settle(
+        job_id=failure.job_id, billed_tokens=bill.tokens, outcome="released"
     )
-    uploads = failure.uploads if isinstance(failure.uploads, int) else len(failure.uploads or [])
-    aws = failure.aws + queue_usage(uploads) + metering.snapshot()
+    aws = failure.aws + queue_usage(failure.uploads.count) + metering.snapshot()
     if failure.outcome is not None:
         aws = aws + failure.outcome.aws
-    item = jobs.get_job(settings.jobs_table, failure.job_id)
-    price = pricing.price_for(model)
-    openai_usd, standard_usd = openai_cost(model, bill)
-    day = str(item.get("reservation_day") or budget.utc_day())
+    jobs = job_store_for(settings)
+    item = jobs.get(failure.job_id)
+    price = pricing.settings_price(settings, model)
+    openai_usd, standard_usd = openai_cost(price, bill)
+    day = item.reservation_day or utc_day()
     aws_cost = usd(aws.cost_usd())
     only_sync = bill.sync_tokens == bill.tokens > 0
     record = LedgerRecord(
@@ -146,12 +145,8 @@ def record_failure(failure: FailureInput, settings: Settings) -> FailureOutcome:
         lambda_requests=aws.lambda_requests,
         lambda_gb_seconds=aws.lambda_gb_seconds,
     )
-    jobs.put_ledger_record(settings.usage_table, day, failure.job_id, record.model_dump())
-    jobs.mark_finished(
-        settings.jobs_table,
-        failure.job_id,
-        {"status": "FAILED", "failed_state": state, "cause": cause[:4000], "source_key": key},
-    )
+    ledger_store_for(settings).put(record)
+    jobs.mark_failed(failure.job_id, failed_state=state, cause=cause[:4000], source_key=key)
     emit("failed_jobs", 1, MetricUnit.Count)
     logger.warning("job failed", extra={"failed_state": state, "cause": cause})
     return FailureOutcome(

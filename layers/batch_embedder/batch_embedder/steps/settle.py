@@ -9,7 +9,8 @@ a job brings DynamoDB's committed usage and the ledger up to that bill:
   batches still ran: it cancels the batch, ingests what it returned and settles again;
 - the sweep, for a reservation held past ``RESERVATION_HOLD_SECONDS``.
 
-Because the store records each purchase once and :func:`~batch_embedder.aws.budget.settle`
+Because the store records each purchase once and
+:meth:`~batch_embedder.aws.budget.BudgetStore.settle`
 commits only what the bill grew by, billed == committed == ledger however many of them
 run, in whatever order.
 """
@@ -17,13 +18,14 @@ run, in whatever order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 import openai
 from aws_lambda_powertools import Logger
 
-from ..aws import budget, jobs
-from ..aws.registry import BatchRegistry, RegisteredBatch
+from ..aws.budget import budget_store_for, utc_day
+from ..aws.jobs import job_store_for
+from ..aws.ledger import ledger_store_for
+from ..aws.registry import BatchRegistry, RegisteredBatch, batch_registry_for
 from ..db import cache
 from ..db.connection import connect_settings
 from ..db.content import Billed, ContentStore, billed
@@ -31,7 +33,7 @@ from ..models import BatchRef
 from ..openai import pricing
 from ..openai.client import get_client
 from ..openai.files import delete_files
-from ..records import usd
+from ..records import LedgerRecord, usd
 from ..settings import Settings
 from .batch import TERMINAL, release_queue, to_ref, usage_tokens
 from .ingest import ingest_batch, load_manifest
@@ -59,7 +61,7 @@ def collect_batches(settings: Settings, job_id: str, *, cancel_running: bool = T
     asked about right now is left for the reconciler's next run (it stays on the open
     index).
     """
-    registry = BatchRegistry(settings.jobs_table)
+    registry = batch_registry_for(settings)
     api = get_client(settings)
     adopted = Adopted()
     _, batches = registry.group(job_id)
@@ -75,7 +77,8 @@ def collect_batches(settings: Settings, job_id: str, *, cancel_running: bool = T
     # Input files no running batch reads (a round whose batches were never created, a
     # batch that ended) are deleted now rather than at their expiry.
     running = {r.input_file_id for r in adopted.refs if r.status not in TERMINAL}
-    leftover = [f for f in jobs.uploaded_file_ids(settings.jobs_table, job_id) if f not in running]
+    uploaded = job_store_for(settings).uploaded_file_ids(job_id)
+    leftover = [f for f in uploaded if f not in running]
     delete_files(api, list(leftover))
     return adopted
 
@@ -132,10 +135,9 @@ def release_claims(settings: Settings, job_id: str) -> None:
         logger.exception("could not release the job's content claims; their lease will run out")
 
 
-def openai_cost(model: str, bill: Billed) -> tuple[float, float]:
+def openai_cost(price: pricing.Price, bill: Billed) -> tuple[float, float]:
     """``(cost, cost at the standard price)`` of a bill in USD: batch tokens at the batch
     price, synchronous ones at the standard price (``openai/pricing.py``)."""
-    price = pricing.price_for(model)
     cost = pricing.cost_usd(bill.batch_tokens, price.batch) + pricing.cost_usd(
         bill.sync_tokens, price.standard
     )
@@ -150,42 +152,28 @@ def resettle(settings: Settings, job_id: str, *, model: str, reason: str) -> Bil
     naming ``reason``.
     """
     bill = job_bill(settings, job_id)
-    item = jobs.get_job(settings.jobs_table, job_id)
-    budget.settle(
-        jobs_table=settings.jobs_table,
-        usage_table=settings.usage_table,
-        job_id=job_id,
-        billed_tokens=bill.tokens,
-        outcome="swept",
-    )
-    cost, standard = openai_cost(model, bill)
-    day = str(item.get("reservation_day") or budget.utc_day())
-    jobs.update_ledger_money(
-        settings.usage_table,
-        day,
-        job_id,
-        money={
-            "tokens": bill.tokens,
-            "repaid_tokens": bill.repaid_tokens,
-            "cost_usd": Decimal(str(usd(cost))),
-            "standard_cost_usd": Decimal(str(usd(standard))),
-            "saved_usd": Decimal(str(usd(standard - cost))),
-        },
-        defaults={
-            "job_id": job_id,
-            "source": str(item.get("source_key", "")),
-            "day": day,
-            "model": model,
-            "status": "FAILED",
-            "cause": reason,
-        },
-    )
-    if "status" not in item:  # the execution never reached RecordCost or RecordFailure
-        release_claims(settings, job_id)
-        jobs.mark_finished(
-            settings.jobs_table,
-            job_id,
-            {"status": "FAILED", "failed_state": "PipelineError", "cause": reason},
+    jobs = job_store_for(settings)
+    item = jobs.get(job_id)
+    budget_store_for(settings).settle(job_id=job_id, billed_tokens=bill.tokens, outcome="swept")
+    cost, standard = openai_cost(pricing.settings_price(settings, model), bill)
+    day = item.reservation_day or utc_day()
+    ledger_store_for(settings).update_money(
+        LedgerRecord(
+            job_id=job_id,
+            source=item.source_key,
+            day=day,
+            model=model,
+            status="FAILED",
+            cause=reason,
+            tokens=bill.tokens,
+            repaid_tokens=bill.repaid_tokens,
+            cost_usd=usd(cost),
+            standard_cost_usd=usd(standard),
+            saved_usd=usd(standard - cost),
         )
+    )
+    if not item.finished:  # the execution never reached RecordCost or RecordFailure
+        release_claims(settings, job_id)
+        jobs.mark_failed(job_id, failed_state="PipelineError", cause=reason)
     logger.info("job settled again", extra={"job_id": job_id, "billed_tokens": bill.tokens})
     return bill

@@ -19,7 +19,7 @@ from ..aws import s3
 from ..aws.limiters import token_bucket
 from ..db.connection import connect_settings
 from ..db.content import ContentStore, sync_purchase
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, ProviderOutageTooLongError, ProviderUnavailableError
 from ..metrics import emit
 from ..models import SyncOutput, WriteInput
 from ..openai.batch_files import BatchLimits, custom_id, pack_requests, tokens_per_request
@@ -27,6 +27,7 @@ from ..openai.client import get_client, provider_calls, request_dimensions_for, 
 from ..openai.sync_embed import embed_sync
 from ..records import EmbedRow
 from ..settings import Settings
+from . import fallback
 
 logger = Logger(child=True)
 
@@ -48,7 +49,45 @@ def _rows(job: WriteInput) -> list[EmbedRow]:
 
 
 def embed_sync_step(job: WriteInput, settings: Settings) -> WriteInput:
-    """Embed contents through the synchronous API, one checkpoint per request.
+    """Embed contents through the synchronous API, one checkpoint per request; or with the
+    local model: the ``local`` provider, or the ``local`` fallback during an outage
+    (``steps/fallback.py``).
+
+    Raises:
+        see :func:`_embed_with_provider`. With ``FALLBACK_PROVIDER=local`` the urgent
+        documents of a group that has bought nothing yet are embedded by the local model
+        instead of raising ``ProviderUnavailableError`` / ``ProviderOutageTooLongError``
+        (``steps/fallback.embed_with_fallback``).
+        LocalModelUnavailableError: the local model is needed and the ``local-model``
+            extra is not installed.
+    """
+    rows = _rows(job)
+    if settings.embedding_provider == "local":
+        with connect_settings(settings) as conn:
+            output = fallback.store_locally(
+                conn,
+                owner=job.job_id,
+                contents=((r.sha256, r.text) for r in rows),
+                per_request=fallback.LOCAL_INPUTS_PER_REQUEST,
+            )
+        phase = "fallback" if job.pending is not None else "urgent"
+        logger.info("embedded with the local model", extra={**output.model_dump(), "phase": phase})
+        output = output.model_copy(update={"phase": phase})
+        return job.model_copy(update={"sync_outputs": [*job.sync_outputs, output]})
+    if not fallback.applies(job, settings):
+        return _embed_with_provider(job, settings, rows)
+    if fallback.degraded(settings) and not fallback.bought_from_provider(settings, job.job_id):
+        return fallback.embed_with_fallback(job, settings)
+    try:
+        return _embed_with_provider(job, settings, rows)
+    except (ProviderUnavailableError, ProviderOutageTooLongError):
+        if fallback.bought_from_provider(settings, job.job_id):
+            raise  # part of it is the provider's: wait for the rest
+        return fallback.embed_with_fallback(job, settings)
+
+
+def _embed_with_provider(job: WriteInput, settings: Settings, rows: list[EmbedRow]) -> WriteInput:
+    """Embed ``rows`` through the provider's synchronous API, one checkpoint per request.
 
     Requests carry at most ``BATCH_INPUTS_PER_REQUEST`` inputs and never more tokens than
     the token bucket holds (``EMBEDDINGS_TOKENS_PER_MINUTE``), so each can be granted.
@@ -67,7 +106,6 @@ def embed_sync_step(job: WriteInput, settings: Settings) -> WriteInput:
         ProviderOutageTooLongError: this execution has waited ``PROVIDER_OUTAGE_SECONDS``.
     """
     phase = "fallback" if job.pending is not None else "urgent"
-    rows = _rows(job)
     tokens_cap = min(tokens_per_request(job.model), settings.embeddings_tokens_per_minute)
     too_big = [r for r in rows if r.token_count > tokens_cap]
     if too_big:

@@ -24,7 +24,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from ..aws import s3
-from ..aws.registry import BatchRegistry
+from ..aws.registry import batch_registry_for
 from ..db import cache
 from ..db.connection import connect_settings
 from ..db.content import ContentStore, billed
@@ -139,7 +139,7 @@ def fetch_and_write(job: WriteInput, settings: Settings) -> WrittenJob:
                   for x in s3.iter_jsonl(job.outcomes.bucket, job.outcomes.key))
         if o.status == "accepted" and o.prefix not in excluded
     })  # fmt: skip
-    registry = BatchRegistry(settings.jobs_table)
+    registry = batch_registry_for(settings)
     terminal = [b for b in job.final_batches if b.status in TERMINAL]
     with connect_settings(settings) as conn:
         store = ContentStore(conn, model=job.model, dimensions=job.dimensions)
