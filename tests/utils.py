@@ -15,9 +15,11 @@ import boto3
 from pydantic import BaseModel
 
 from batch_embedder import failure_models, models, service_models
+from batch_embedder.aws import provider_health
 from batch_embedder.aws.ledger import ledger_store
 from batch_embedder.openai.pricing import cost_usd
 from batch_embedder.records import LedgerRecord
+from batch_embedder.settings import Settings
 from batch_embedder_local.events import FILES
 from batch_embedder_local.pipe import render_input_template
 from batch_embedder_local.template import load_template
@@ -47,6 +49,19 @@ def local_stack(
         reconcile_seconds=0,
     ) as stack:
         yield stack
+
+
+@contextmanager
+def provider_healthy(stack: Any) -> Iterator[Settings]:
+    """Settings of the stack's Lambdas, with the provider's degraded record clear before;
+    after, the emulator answers again and the record is cleared once more."""
+    settings = Settings()
+    provider_health.recovered(settings)
+    try:
+        yield settings
+    finally:
+        stack.emulator.update_config(outage_seconds=0)
+        provider_health.recovered(settings)
 
 
 def ledger(output: dict[str, Any]) -> LedgerRecord:

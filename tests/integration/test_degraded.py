@@ -27,7 +27,7 @@ import pytest
 from batch_embedder.aws import provider_health
 from batch_embedder.settings import Settings
 from tests.books import Books, counter, embedded_once, start
-from tests.utils import fresh, local_stack, until
+from tests.utils import fresh, local_stack, provider_healthy, until
 
 pytestmark = pytest.mark.integration
 
@@ -46,11 +46,8 @@ def stack(home: Path, database_url: str) -> Iterator[Any]:
 @pytest.fixture()
 def healthy(stack: Any) -> Iterator[Settings]:
     """Settings of the stack's Lambdas; the provider's record is clear before and after."""
-    settings = Settings()
-    provider_health.recovered(settings)
-    yield settings
-    stack.emulator.update_config(outage_seconds=0)
-    provider_health.recovered(settings)
+    with provider_healthy(stack) as settings:
+        yield settings
 
 
 def metric_values(printed: str) -> list[float]:

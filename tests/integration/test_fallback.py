@@ -33,7 +33,7 @@ from batch_embedder.local_model import is_installed
 from batch_embedder.settings import Settings
 from batch_embedder_local.search import nearest
 from tests.books import MODEL, Books, chunks_of, ledger_tokens, sdk, start
-from tests.utils import fresh, local_stack, until
+from tests.utils import fresh, local_stack, provider_healthy, until
 
 pytestmark = [
     pytest.mark.integration,
@@ -58,11 +58,8 @@ def stack(home: Path, database_url: str) -> Iterator[Any]:
 @pytest.fixture()
 def healthy(stack: Any) -> Iterator[Settings]:
     """Settings of the stack's Lambdas; the provider's record is clear before and after."""
-    settings = Settings()
-    provider_health.recovered(settings)
-    yield settings
-    stack.emulator.update_config(outage_seconds=0)
-    provider_health.recovered(settings)
+    with provider_healthy(stack) as settings:
+        yield settings
 
 
 def committed(model: str) -> int:
@@ -98,6 +95,13 @@ def fallback_row(db: Db, key: str) -> tuple[Any, ...] | None:
     ).fetchone()
 
 
+def urgent_and_later(monkeypatch: pytest.MonkeyPatch) -> tuple[str, str, str]:
+    """A fresh salt, an urgent key (under this test's ``SyncPrefixes``) and a later one."""
+    salt = uuid.uuid4().hex[:8]
+    monkeypatch.setenv("SYNC_PREFIXES", f"urgent-{salt}/")
+    return salt, f"urgent-{salt}/errors.rst.txt", f"later-{salt}/controlflow.rst.txt"
+
+
 def test_an_urgent_document_is_embedded_by_the_local_fallback_then_by_the_provider(
     stack: Any,
     emulator: Any,
@@ -106,10 +110,7 @@ def test_an_urgent_document_is_embedded_by_the_local_fallback_then_by_the_provid
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    salt = uuid.uuid4().hex[:8]
-    monkeypatch.setenv("SYNC_PREFIXES", f"urgent-{salt}/")
-    urgent = f"urgent-{salt}/errors.rst.txt"
-    later = f"later-{salt}/controlflow.rst.txt"
+    salt, urgent, later = urgent_and_later(monkeypatch)
     books = Books(stack)
     local_before = committed(LOCAL)
     emulator.update_config(outage_seconds=600)  # refused until the test says otherwise
@@ -191,13 +192,10 @@ def test_an_urgent_document_is_embedded_by_the_local_fallback_then_by_the_provid
 def test_in_a_mixed_group_the_urgent_document_is_searchable_while_the_rest_waits(
     stack: Any, emulator: Any, healthy: Settings, db: Db, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    salt = uuid.uuid4().hex[:8]
-    monkeypatch.setenv("SYNC_PREFIXES", f"urgent-{salt}/")
-    urgent = f"urgent-{salt}/errors.rst.txt"
-    later = f"later-{salt}/controlflow.rst.txt"
+    salt, urgent, later = urgent_and_later(monkeypatch)
     books = Books(stack)
     local_before = committed(LOCAL)
-    emulator.update_config(outage_seconds=600)
+    emulator.update_config(outage_seconds=600)  # refused until the test says otherwise
     events = [
         stack.upload(urgent, fresh("errors.rst.txt", salt), deliver=False),
         stack.upload(later, fresh("controlflow.rst.txt", salt), deliver=False),

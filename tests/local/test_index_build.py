@@ -52,25 +52,14 @@ def model(conn: Conn) -> Iterator[str]:
 
 
 def load(conn: Conn, model: str, n: int, *, doc: str, seed: int) -> ChunkWriter:
-    """Write ``n`` distinct chunks (documents of 100 chunks named ``doc/<i>``)."""
-    rng = np.random.default_rng(seed)
-    vectors = rng.standard_normal((n, DIMS), dtype=np.float32)
-    texts = [f"{doc} chunk {i} seed {seed}" for i in range(n)]
-    shas = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
-    keys = [f"{doc}/{i // 100}" for i in range(n)]
-    writer = ChunkWriter(
-        conn, bucket="b", lock_keys=sorted(set(keys)), job_id=f"job-{doc}", model=model,
-        dimensions=DIMS,
-    )  # fmt: skip
-    with writer:
-        writer.copy_chunks(
-            ChunkRow(seq=i, source_key=keys[i], chunk_index=i % 100, text=texts[i],
-                     token_count=3, sha256=shas[i], char_start=0, char_end=len(texts[i]))
-            for i in range(n)
-        )  # fmt: skip
-        writer.copy_vectors(zip(shas, vectors, strict=True))
-        written, _, _ = writer.merge()
-    assert written == n
+    """Write ``n`` distinct chunks (documents of 100 chunks named ``doc/<i>``) and commit."""
+    writer, stage_and_merge = writer_for(conn, model, n, doc=doc, seed=seed)
+    try:
+        stage_and_merge()
+    except BaseException as exc:
+        writer.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    writer.__exit__(None, None, None)
     return writer
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
@@ -135,15 +135,13 @@ def due(conn: Conn, *, every_seconds: int, limit: int = 500) -> list[FallbackDoc
 
 def mark_resubmitted(conn: Conn, bucket: str, object_key: str) -> None:
     """Note that the reconciler has sent the object's upload event again."""
-    with conn.transaction():
-        conn.execute(
-            sql.SQL(
-                "UPDATE {schema}.fallback_documents SET resubmitted_at = now(), "
-                "resubmissions = resubmissions + 1 "
-                "WHERE source_bucket = %s AND object_key = %s"
-            ).format(schema=sql.Identifier(SCHEMA)),
-            (bucket, object_key),
-        )
+    _for_object(
+        conn,
+        "UPDATE {schema}.fallback_documents SET resubmitted_at = now(), "
+        "resubmissions = resubmissions + 1 WHERE source_bucket = %s AND object_key = %s",
+        bucket,
+        object_key,
+    )
 
 
 def forget_fingerprints(conn: Conn, bucket: str, object_key: str) -> int:
@@ -153,26 +151,31 @@ def forget_fingerprints(conn: Conn, bucket: str, object_key: str) -> int:
     Returns:
         Fingerprints removed.
     """
-    with conn.transaction():
-        return conn.execute(
-            sql.SQL(
-                "DELETE FROM {schema}.object_fingerprints "
-                "WHERE source_bucket = %s AND object_key = %s"
-            ).format(schema=sql.Identifier(SCHEMA)),
-            (bucket, object_key),
-        ).rowcount
+    return _for_object(
+        conn,
+        "DELETE FROM {schema}.object_fingerprints WHERE source_bucket = %s AND object_key = %s",
+        bucket,
+        object_key,
+    )
 
 
 def forget(conn: Conn, bucket: str, object_key: str) -> None:
     """Drop the object from the table (it was deleted from S3: nothing to re-embed)."""
+    _for_object(
+        conn,
+        "DELETE FROM {schema}.fallback_documents WHERE source_bucket = %s AND object_key = %s",
+        bucket,
+        object_key,
+    )
+
+
+def _for_object(conn: Conn, statement: LiteralString, bucket: str, object_key: str) -> int:
+    """Run ``statement`` (``{schema}``, then ``%s`` for the bucket and the key) in its own
+    transaction; returns the rows it touched."""
     with conn.transaction():
-        conn.execute(
-            sql.SQL(
-                "DELETE FROM {schema}.fallback_documents "
-                "WHERE source_bucket = %s AND object_key = %s"
-            ).format(schema=sql.Identifier(SCHEMA)),
-            (bucket, object_key),
-        )
+        return conn.execute(
+            sql.SQL(statement).format(schema=sql.Identifier(SCHEMA)), (bucket, object_key)
+        ).rowcount
 
 
 def remove_replaced(conn: Conn, *, bucket: str, model: str, dimensions: int) -> int:

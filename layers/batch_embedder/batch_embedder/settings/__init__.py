@@ -40,11 +40,11 @@ from .parsing import parse_prefix_token_limits, parse_price_overrides
 
 __all__ = [
     "BATCH_POOL",
+    "MAX_TOKENS_PER_INPUT",
+    "NATIVE_DIMENSIONS",
     "PROVIDER",
     "SETTLES",
     "TABLES",
-    "MAX_TOKENS_PER_INPUT",
-    "NATIVE_DIMENSIONS",
     "BatchSettings",
     "BudgetSettings",
     "ChunkingSettings",
